@@ -1,0 +1,54 @@
+"""Exception hierarchy: every error a user can trigger names what is wrong and how to fix it."""
+
+from __future__ import annotations
+
+
+class KnowgateError(Exception):
+    """Base class for all knowgate errors, so callers can catch ours without catching bugs."""
+
+
+class ConfigError(KnowgateError, ValueError):
+    """A configuration file or object is malformed (unknown keys, wrong types, bad values)."""
+
+
+class InputError(KnowgateError, ValueError):
+    """A query or other user input is unusable (empty, wrong type, too long)."""
+
+
+class ModelLoadError(KnowgateError):
+    """A language model could not be found, installed or loaded."""
+
+
+class UnknownModelError(ModelLoadError, KeyError):
+    """A model name is neither a packaged model, a local path nor a plausible hub id."""
+
+    def __str__(self) -> str:  # KeyError would otherwise print the message with quotes
+        return str(self.args[0]) if self.args else ""
+
+
+class MissingPackageError(ModelLoadError, ImportError):
+    """A packaged model's PyPI package is not installed."""
+
+
+class UnsupportedArchitectureError(ModelLoadError):
+    """The model's decoder blocks or MLP projections could not be located."""
+
+
+class SignalError(KnowgateError, ValueError):
+    """A signal cannot be computed (non-finite or degenerate input)."""
+
+
+class DataError(KnowgateError, ValueError):
+    """A dataset file is missing or malformed."""
+
+
+class KnowledgeBaseError(KnowgateError):
+    """A knowledge-base directory is missing, corrupt or incompatible with the configuration."""
+
+
+class PolicyError(KnowgateError):
+    """A gating policy or its saved artifact is invalid or incompatible."""
+
+
+class RetrievalError(KnowgateError):
+    """A retriever failed while answering a query."""

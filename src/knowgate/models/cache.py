@@ -1,0 +1,112 @@
+"""Dequantized-checkpoint cache: GGUF files are dequantized once, then reloaded as safetensors.
+
+transformers dequantizes GGUF weights to float32 on every load (about 20 s for SmolLM2-135M, over
+a minute for Gemma-3-270M with its 262k-token tokenizer). The cache stores the result as a normal
+safetensors checkpoint (with the tokenizer), keyed by the GGUF file's SHA-256, so a second load
+takes a second or two. Entries are written to a temporary directory and renamed into place, so an
+interrupted dequantization never leaves a half-written entry behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import platformdirs
+
+from knowgate.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV_VAR = "KNOWGATE_CACHE_DIR"
+_MARKER = "knowgate-cache.json"
+_FORMAT = 1
+
+
+def default_cache_dir() -> Path:
+    """``$KNOWGATE_CACHE_DIR`` if set, else the user's cache directory for knowgate."""
+    env = os.environ.get(CACHE_ENV_VAR)
+    return Path(env).expanduser() if env else Path(platformdirs.user_cache_dir("knowgate"))
+
+
+def sha256_of(blocks: Iterable[bytes]) -> str:
+    """Hex SHA-256 of a stream of byte blocks."""
+    digest = hashlib.sha256()
+    for block in blocks:
+        digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file."""
+
+    def blocks() -> Iterable[bytes]:
+        with path.open("rb") as fh:
+            while block := fh.read(chunk_size):
+                yield block
+
+    return sha256_of(blocks())
+
+
+def cached_checkpoint(
+    checksum: str,
+    cache_dir: Path,
+    build: Callable[[Path], None],
+    *,
+    source: str,
+) -> Path:
+    """Return the cache entry for ``checksum``, building it with ``build(tmpdir)`` if missing.
+
+    Args:
+        checksum: SHA-256 of the GGUF source; the entry's key.
+        cache_dir: root of the cache.
+        build: writes a complete ``save_pretrained`` checkpoint (model and tokenizer) into the
+            directory it is given.
+        source: human-readable origin, recorded in the entry's marker file.
+    """
+    root = cache_dir / "dequantized"
+    target = root / checksum
+    marker = target / _MARKER
+    if marker.is_file():
+        try:
+            meta = json.loads(marker.read_text())
+            if meta.get("format") == _FORMAT and meta.get("sha256") == checksum:
+                return target
+        except (OSError, json.JSONDecodeError):
+            pass
+        log.warning("cache entry %s is invalid; rebuilding it", target)
+        shutil.rmtree(target, ignore_errors=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelLoadError(
+            f"cannot create the model cache directory {root}: {exc}. "
+            f"Set {CACHE_ENV_VAR} or model.cache_dir to a writable directory."
+        ) from exc
+    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=root))
+    try:
+        start = time.perf_counter()
+        build(tmp)
+        meta = {
+            "format": _FORMAT,
+            "sha256": checksum,
+            "source": source,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "build_seconds": round(time.perf_counter() - start, 2),
+        }
+        (tmp / _MARKER).write_text(json.dumps(meta, indent=2))
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / _MARKER).is_file():  # not a concurrent builder winning the race
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -1,0 +1,451 @@
+"""A causal LM that reads every signal from the one forward pass its answer needs.
+
+``prefill`` runs the prompt once with capture hooks on and returns the activations at the last
+prompt token, the next-token distribution and the KV cache; ``decode`` continues greedily from
+that same cache (no second prefill) and records, per generated token, the entropy, the chosen
+token's log-probability and the top-1/top-2 margin. ``run`` does both. A pre-generation gate calls
+``prefill``, decides, and calls ``decode`` only for the prompts it answers closed-book.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from knowgate.errors import InputError, KnowgateError
+from knowgate.models.architecture import BlockLayout, discover_layout, select_layers
+from knowgate.models.config import DEFAULT_MODEL, ModelConfig
+from knowgate.models.hooks import capture_last_token
+from knowgate.models.loading import load_pretrained
+from knowgate.models.prompts import PassageLike, PromptFormatter
+from knowgate.signals import ForwardCapture, SignalConfig, TokenStats, compute_features
+
+StopReason = Literal["eos", "newline", "length"]
+
+
+def summarize_logits(
+    logits: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Greedy choice and distribution summary of ``[B, V]`` logits.
+
+    Returns:
+        ``(token, entropy, logprob, margin)``, each ``[B]``: the arg-max token, the entropy of
+        the full distribution (nats), the chosen token's log-probability and p(top1) - p(top2).
+    """
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    top = logp.topk(2, dim=-1)
+    entropy = -torch.special.xlogy(logp.exp(), logp.exp()).sum(dim=-1)
+    p_top = top.values.exp()
+    return top.indices[:, 0], entropy, top.values[:, 0], p_top[:, 0] - p_top[:, 1]
+
+
+@dataclass
+class Draft:
+    """A greedy closed-book generation.
+
+    Attributes:
+        text: the answer text (stop token removed, whitespace stripped).
+        token_ids: every generated token, stop token included.
+        stop_reason: ``eos``, ``newline`` or ``length``.
+        stats: per-token summaries of the answer tokens (stop token excluded; when the answer is
+            empty, the stop token's summary, so draft features are always defined).
+        seconds: wall time of the decode steps (shared by the rows of a batch).
+    """
+
+    text: str
+    token_ids: list[int]
+    stop_reason: StopReason
+    stats: TokenStats
+    seconds: float = 0.0
+
+
+@dataclass
+class Prefill:
+    """The state after one batched prefill: captures per prompt plus the KV cache to continue.
+
+    A prefill can be decoded once (decoding extends its cache in place).
+    """
+
+    prompts: list[str]
+    prompt_tokens: list[int]
+    captures: list[ForwardCapture]
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    next_logits: torch.Tensor
+    cache: Any
+    seconds: float
+    consumed: bool = False
+
+
+@dataclass
+class RunOutput:
+    """One prompt's prefill captures and greedy draft."""
+
+    prompt: str
+    prompt_tokens: int
+    capture: ForwardCapture
+    draft: Draft
+    prefill_seconds: float = 0.0
+    _features: dict[str, float] | None = field(default=None, repr=False)
+
+    @property
+    def answer(self) -> str:
+        """The draft's text."""
+        return self.draft.text
+
+    def features(self, config: SignalConfig | None = None) -> dict[str, float]:
+        """Every named feature of this pass (memoised for the default config)."""
+        if config is not None:
+            return compute_features(self.capture, config)
+        if self._features is None:
+            self._features = compute_features(self.capture)
+        return self._features
+
+
+class LanguageModel:
+    """A Hugging Face causal LM with capture hooks, prompt formatting and greedy decoding.
+
+    All forward passes of one instance are serialised by a lock: hooks are registered on shared
+    modules, so two concurrent prefills would otherwise see each other's activations. Use one
+    instance per thread for parallelism, or batch requests (``run`` takes lists).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        model_id: str,
+        config: ModelConfig | None = None,
+    ) -> None:
+        """Wrap an already loaded model (see :meth:`load` for sources by name)."""
+        self.config = config or ModelConfig(source=model_id)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_id = model_id
+        self.layout: BlockLayout = discover_layout(model)
+        self.layers = select_layers(self.config.layers, self.layout.num_layers)
+        self.formatter = PromptFormatter(self.config.prompt, tokenizer)
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self._lock = threading.RLock()
+        self._stop_ids: dict[bool, torch.Tensor] = {}
+        self._newline_ids: set[int] | None = None
+        params = inspect.signature(model.forward).parameters
+        self._accepts_logits_to_keep = "logits_to_keep" in params
+        # transformers >= 5.2x names the KV cache argument ``cache``; older releases
+        # ``past_key_values``.
+        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        self._device = next(model.parameters()).device
+
+    @classmethod
+    def load(cls, source: str | ModelConfig = DEFAULT_MODEL) -> LanguageModel:
+        """Load a packaged model name, hub id, local directory or GGUF file."""
+        config = source if isinstance(source, ModelConfig) else ModelConfig(source=source)
+        model, tokenizer, resolved = load_pretrained(config)
+        return cls(model, tokenizer, model_id=resolved.model_id, config=config)
+
+    # ----------------------------------------------------------------------------- properties
+    @property
+    def architecture(self) -> str:
+        """``config.model_type`` of the wrapped model."""
+        return self.layout.architecture
+
+    @property
+    def context_length(self) -> int:
+        """Maximum sequence length (prompt + answer) the model accepts."""
+        cfg = self.model.config
+        for attr in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            value = getattr(cfg, attr, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return int(getattr(self.tokenizer, "model_max_length", 2048))
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        """Longest prompt that still leaves room for a full answer."""
+        return self.context_length - self.config.generation.max_new_tokens
+
+    # ------------------------------------------------------------------------------- prompts
+    def format_prompt(self, question: str, passages: Sequence[PassageLike] | None = None) -> str:
+        """Closed-book prompt, or retrieval-augmented prompt when ``passages`` are given."""
+        return self.formatter.format(question, passages)
+
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens ``text`` takes as a prompt."""
+        return len(self.tokenizer(text, add_special_tokens=self._add_special(text)).input_ids)
+
+    def _add_special(self, prompt: str) -> bool:
+        bos = self.tokenizer.bos_token
+        # Chat templates already write the BOS text; do not add a second one.
+        return not (bos and prompt.startswith(bos))
+
+    # ----------------------------------------------------------------------------- stopping
+    def _newline_token_ids(self) -> set[int]:
+        if self._newline_ids is None:
+            vocab = len(self.tokenizer)
+            texts = self.tokenizer.batch_decode([[i] for i in range(vocab)])
+            self._newline_ids = {i for i, t in enumerate(texts) if "\n" in t}
+        return self._newline_ids
+
+    def _eos_ids(self) -> set[int]:
+        ids: set[int] = set()
+        for value in (
+            self.tokenizer.eos_token_id,
+            getattr(getattr(self.model, "generation_config", None), "eos_token_id", None),
+        ):
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, list | tuple):
+                ids.update(int(v) for v in value)
+        return ids
+
+    def stop_token_ids(self, stop_at_newline: bool | None = None) -> torch.Tensor:
+        """Token ids that end an answer: EOS, plus every token containing a newline if enabled."""
+        flag = self.config.generation.stop_at_newline if stop_at_newline is None else stop_at_newline
+        if flag not in self._stop_ids:
+            ids = self._eos_ids() | (self._newline_token_ids() if flag else set())
+            self._stop_ids[flag] = torch.tensor(sorted(ids), dtype=torch.long, device=self._device)
+        return self._stop_ids[flag]
+
+    # -------------------------------------------------------------------------------- passes
+    def _encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        if not prompts:
+            raise InputError("no prompts given")
+        for p in prompts:
+            if not isinstance(p, str):
+                raise InputError(f"prompts must be strings, got {type(p).__name__}")
+            if not p.strip():
+                raise InputError("prompt is empty")
+        enc = self.tokenizer(
+            list(prompts),
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=self._add_special(prompts[0]),
+        )
+        lengths = enc.attention_mask.sum(dim=1)
+        longest = int(lengths.max())
+        if longest > self.max_prompt_tokens:
+            raise InputError(
+                f"prompt is {longest} tokens; {self.model_id} accepts at most "
+                f"{self.max_prompt_tokens} (context {self.context_length} minus "
+                f"max_new_tokens {self.config.generation.max_new_tokens}). Shorten the query "
+                f"or the passages."
+            )
+        return enc.input_ids.to(self._device), enc.attention_mask.to(self._device)
+
+    def _forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache: Any,
+    ) -> Any:
+        kwargs: dict[str, Any] = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "position_ids": position_ids,
+            "use_cache": True,
+        }
+        if cache is not None:
+            kwargs[self._cache_kwarg] = cache
+        if self._accepts_logits_to_keep:
+            kwargs["logits_to_keep"] = 1
+        return self.model(**kwargs)
+
+    def prefill(self, prompts: Sequence[str]) -> Prefill:
+        """One forward pass over the prompts with capture hooks on.
+
+        Raises:
+            InputError: a prompt is empty, not a string, or longer than the context allows.
+        """
+        input_ids, attention_mask = self._encode(prompts)
+        position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+        with self._lock, torch.inference_mode():
+            start = time.perf_counter()
+            with capture_last_token(self.layout, self.layers) as cap:
+                out = self._forward(input_ids, attention_mask, position_ids, None)
+            next_logits = out.logits[:, -1, :]
+            hidden, mlp = cap.stacked(self.layers)
+            _, entropy, logprob, margin = summarize_logits(next_logits)
+            seconds = time.perf_counter() - start
+        captures = [
+            ForwardCapture(
+                layers=self.layers,
+                num_layers=self.layout.num_layers,
+                hidden=hidden[b].numpy(),
+                mlp=mlp[b].numpy(),
+                next_token=TokenStats(
+                    np.array([float(entropy[b])]),
+                    np.array([float(logprob[b])]),
+                    np.array([float(margin[b])]),
+                ),
+            )
+            for b in range(len(prompts))
+        ]
+        return Prefill(
+            prompts=list(prompts),
+            prompt_tokens=[int(n) for n in attention_mask.sum(dim=1)],
+            captures=captures,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            next_logits=next_logits,
+            cache=out.cache if hasattr(out, "cache") else out.past_key_values,
+            seconds=seconds,
+        )
+
+    def decode(
+        self,
+        prefill: Prefill,
+        rows: Sequence[int] | None = None,
+        *,
+        max_new_tokens: int | None = None,
+        stop_at_newline: bool | None = None,
+    ) -> list[Draft]:
+        """Greedy decoding that continues from the prefill's KV cache.
+
+        Args:
+            prefill: the result of :meth:`prefill`; consumed by this call.
+            rows: which prompts of the batch to continue (default: all); the others' cache rows
+                are dropped, so no decode steps are spent on prompts that will retrieve.
+            max_new_tokens: token limit (default from the config).
+            stop_at_newline: override the config's newline stop.
+
+        Returns:
+            One :class:`Draft` per selected row, in the order of ``rows``.
+        """
+        if prefill.consumed:
+            raise KnowgateError("this prefill was already decoded; its KV cache has moved on")
+        batch = len(prefill.prompts)
+        selected = list(range(batch)) if rows is None else list(rows)
+        if not selected:
+            prefill.consumed = True
+            return []
+        if any(not 0 <= r < batch for r in selected) or len(set(selected)) != len(selected):
+            raise InputError(f"rows must be distinct indices in [0, {batch}), got {selected}")
+        limit = max_new_tokens or self.config.generation.max_new_tokens
+        if stop_at_newline is None:
+            stop_at_newline = self.config.generation.stop_at_newline
+        stop_ids = self.stop_token_ids(stop_at_newline)
+        with self._lock, torch.inference_mode():
+            prefill.consumed = True
+            start = time.perf_counter()
+            cache = prefill.cache
+            attention_mask = prefill.attention_mask
+            logits = prefill.next_logits
+            if selected != list(range(batch)):
+                index = torch.tensor(selected, device=self._device)
+                cache.reorder_cache(index)
+                attention_mask = attention_mask[index]
+                logits = logits[index]
+            positions = attention_mask.long().sum(dim=1, keepdim=True) - 1
+            n = len(selected)
+            finished = torch.zeros(n, dtype=torch.bool, device=self._device)
+            steps: list[tuple[torch.Tensor, ...]] = []
+            pad = self.tokenizer.pad_token_id
+            for step in range(limit):
+                token, entropy, logprob, margin = summarize_logits(logits)
+                steps.append((token, entropy, logprob, margin, finished.clone()))
+                finished = finished | torch.isin(token, stop_ids)
+                if bool(finished.all()) or step == limit - 1:
+                    break
+                feed = torch.where(finished, torch.full_like(token, pad), token)
+                attention_mask = torch.cat(
+                    [attention_mask, torch.ones((n, 1), dtype=attention_mask.dtype, device=self._device)], dim=1
+                )
+                positions = positions + 1
+                out = self._forward(feed[:, None], attention_mask, positions, cache)
+                logits = out.logits[:, -1, :]
+            seconds = time.perf_counter() - start
+        return self._assemble_drafts(steps, stop_ids, seconds, stop_at_newline)
+
+    def _assemble_drafts(
+        self,
+        steps: list[tuple[torch.Tensor, ...]],
+        stop_ids: torch.Tensor,
+        seconds: float,
+        stop_at_newline: bool,
+    ) -> list[Draft]:
+        tokens, entropy, logprob, margin, done_before = (
+            torch.stack([s[i] for s in steps], dim=1).cpu() for i in range(5)
+        )
+        stop_set = set(stop_ids.tolist())
+        eos_set = self._eos_ids()
+        drafts = []
+        for b in range(tokens.shape[0]):
+            live = (~done_before[b]).nonzero().flatten()
+            length = int(live.numel())
+            ids = tokens[b, :length].tolist()
+            last = ids[-1] if ids else None
+            if last in stop_set:
+                reason: StopReason = "eos" if last in eos_set else "newline"
+                content = length - 1
+            else:
+                reason, content = "length", length
+            span = slice(0, content) if content > 0 else slice(0, length)
+            stats = TokenStats(
+                entropy[b, span].double().numpy(),
+                logprob[b, span].double().numpy(),
+                margin[b, span].double().numpy(),
+            )
+            text = self.tokenizer.decode(ids[:content], skip_special_tokens=True)
+            if stop_at_newline:
+                text = text.split("\n", 1)[0]
+            drafts.append(Draft(text.strip(), ids, reason, stats, seconds))
+        return drafts
+
+    def run(
+        self,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int | None = None,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> list[RunOutput]:
+        """Prefill with captures, then greedy drafts from the same cache, in batches.
+
+        Left padding makes a batched run give the same signals as one-by-one runs (up to
+        floating-point noise).
+        """
+        if isinstance(prompts, str):
+            raise InputError("run() takes a list of prompts; wrap a single prompt in a list")
+        size = batch_size or self.config.generation.batch_size
+        outputs: list[RunOutput] = []
+        batches = range(0, len(prompts), size)
+        for start in tqdm(batches, desc="forward passes", unit="batch", disable=not progress):
+            chunk = prompts[start : start + size]
+            pre = self.prefill(chunk)
+            drafts = self.decode(pre, max_new_tokens=max_new_tokens)
+            for i, draft in enumerate(drafts):
+                outputs.append(
+                    RunOutput(
+                        prompt=chunk[i],
+                        prompt_tokens=pre.prompt_tokens[i],
+                        capture=pre.captures[i].with_draft(draft.stats),
+                        draft=draft,
+                        prefill_seconds=pre.seconds,
+                    )
+                )
+        return outputs
+
+    def ask(self, question: str, passages: Sequence[PassageLike] | None = None) -> RunOutput:
+        """Format one question (optionally with passages) and run it."""
+        if not isinstance(question, str):
+            raise InputError(f"question must be a string, got {type(question).__name__}")
+        if not question.strip():
+            raise InputError("question is empty")
+        return self.run([self.format_prompt(question, passages)])[0]
+
+
+def load_model(source: str | ModelConfig = DEFAULT_MODEL) -> LanguageModel:
+    """Load a language model by packaged name, hub id, local directory, GGUF file or config."""
+    return LanguageModel.load(source)

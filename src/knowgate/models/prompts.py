@@ -1,0 +1,77 @@
+"""Prompt formatting: chat template with a short-answer system prompt, or few-shot Q:/A:.
+
+Short answers matter twice: they make greedy drafts cheap, and they avoid the echo trap (a model
+that restates the question can "contain" a gold alias that was already in the question).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from knowgate.models.config import PromptConfig
+
+
+class PassageLike(Protocol):
+    """Anything with a title and a text (knowledge-base passages, LangChain documents adapted)."""
+
+    @property
+    def title(self) -> str:  # noqa: D102
+        ...
+
+    @property
+    def text(self) -> str:  # noqa: D102
+        ...
+
+
+@dataclass(frozen=True)
+class PromptFormatter:
+    """Turns questions (and passages) into model prompts."""
+
+    config: PromptConfig
+    tokenizer: Any
+
+    @property
+    def style(self) -> Literal["chat", "few_shot"]:
+        """The style in effect (``auto`` resolved against the tokenizer)."""
+        if self.config.style == "auto":
+            has_template = bool(getattr(self.tokenizer, "chat_template", None))
+            return "chat" if has_template else "few_shot"
+        return self.config.style
+
+    def context_block(self, passages: Sequence[PassageLike]) -> str:
+        """Passages as numbered lines, each cut to ``max_passage_chars``."""
+        lines = []
+        limit = self.config.max_passage_chars
+        for i, p in enumerate(passages, start=1):
+            text = " ".join(p.text.split())
+            if len(text) > limit:
+                text = text[:limit].rsplit(" ", 1)[0] + " ..."
+            lines.append(self.config.passage_template.format(index=i, title=p.title, text=text))
+        return "\n".join(lines)
+
+    def format(self, question: str, passages: Sequence[PassageLike] | None = None) -> str:
+        """The prompt for ``question``; with ``passages`` it is the retrieval-augmented prompt."""
+        question = " ".join(question.split())
+        context = self.context_block(passages) if passages else None
+        if self.style == "chat":
+            return self._chat(question, context)
+        return self._few_shot(question, context)
+
+    def _chat(self, question: str, context: str | None) -> str:
+        system = self.config.rag_system_prompt if context else self.config.system_prompt
+        user = f"Context:\n{context}\n\nQuestion: {question}" if context else question
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        prompt = self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+        return str(prompt)
+
+    def _few_shot(self, question: str, context: str | None) -> str:
+        shots = "".join(
+            f"Q: {ex.question}\nA: {ex.answer}\n\n" for ex in self.config.few_shot_examples
+        )
+        if context:
+            return f"{shots}Context:\n{context}\n\nQ: {question}\nA:"
+        return f"{shots}Q: {question}\nA:"

@@ -1,0 +1,66 @@
+"""Token-probability uncertainty statistics.
+
+Calibrated token-probability uncertainty (entropy, max-prob, margin) is a strong and cheap
+self-knowledge signal: it matched or beat multi-call adaptive-retrieval pipelines at a fraction of
+their cost (Moskvoretskii et al., ACL 2025, "Adaptive Retrieval Without Self-Knowledge?",
+arXiv 2501.12835). The per-token summaries are recorded by the model runner during decoding;
+the functions here aggregate them. Larger entropy / smaller probability and margin = less certain.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from knowgate.errors import SignalError
+from knowgate.signals.capture import TokenStats
+
+
+def _nonempty(stats: TokenStats, name: str) -> TokenStats:
+    if len(stats) == 0:
+        raise SignalError(f"{name}: needs at least one token")
+    return stats
+
+
+def mean_entropy(stats: TokenStats) -> float:
+    """Mean next-token entropy over the positions (nats)."""
+    return float(_nonempty(stats, "mean_entropy").entropy.mean())
+
+
+def max_entropy(stats: TokenStats) -> float:
+    """Largest next-token entropy over the positions: the least certain step."""
+    return float(_nonempty(stats, "max_entropy").entropy.max())
+
+
+def min_prob(stats: TokenStats) -> float:
+    """Smallest chosen-token probability: the weakest link of the answer."""
+    return float(np.exp(_nonempty(stats, "min_prob").logprob.min()))
+
+
+def mean_prob(stats: TokenStats) -> float:
+    """Mean chosen-token probability."""
+    return float(np.exp(_nonempty(stats, "mean_prob").logprob).mean())
+
+
+def mean_logprob(stats: TokenStats) -> float:
+    """Mean chosen-token log-probability (length-normalised sequence log-likelihood)."""
+    return float(_nonempty(stats, "mean_logprob").logprob.mean())
+
+
+def perplexity(stats: TokenStats) -> float:
+    """exp(-mean log-prob): the sequence perplexity of the answer."""
+    return float(np.exp(-mean_logprob(stats)))
+
+
+def first_margin(stats: TokenStats) -> float:
+    """Top-1 minus top-2 probability at the first position."""
+    return float(_nonempty(stats, "first_margin").margin[0])
+
+
+def first_entropy(stats: TokenStats) -> float:
+    """Entropy at the first position."""
+    return float(_nonempty(stats, "first_entropy").entropy[0])
+
+
+def first_prob(stats: TokenStats) -> float:
+    """Chosen-token probability at the first position (the max-prob under greedy decoding)."""
+    return float(np.exp(_nonempty(stats, "first_prob").logprob[0]))
