@@ -93,8 +93,6 @@ def select_layers(layers: str | tuple[int, ...], num_layers: int) -> tuple[int, 
     for i in layers:
         j = i + num_layers if i < 0 else i
         if not 0 <= j < num_layers:
-            raise ConfigError(
-                f"layer {i} is out of range for a model with {num_layers} blocks"
-            )
+            raise ConfigError(f"layer {i} is out of range for a model with {num_layers} blocks")
         absolute.add(j)
     return tuple(sorted(absolute))

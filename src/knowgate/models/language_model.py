@@ -192,9 +192,14 @@ class LanguageModel:
     # ----------------------------------------------------------------------------- stopping
     def _newline_token_ids(self) -> set[int]:
         if self._newline_ids is None:
-            vocab = len(self.tokenizer)
-            texts = self.tokenizer.batch_decode([[i] for i in range(vocab)])
-            self._newline_ids = {i for i, t in enumerate(texts) if "\n" in t}
+            # Decoding all 262k Gemma tokens one by one takes seconds; only tokens whose raw form
+            # holds a newline in one of the usual spellings (literal, byte-level BPE "Ċ",
+            # SentencePiece byte fallback "<0x0A>") can decode to one, so decode just those.
+            raw = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
+            marks = ("\n", "\r", "Ċ", "<0x0A>", "<0x0D>")
+            candidates = [i for i, t in enumerate(raw) if t and any(m in t for m in marks)]
+            texts = self.tokenizer.batch_decode([[i] for i in candidates])
+            self._newline_ids = {i for i, t in zip(candidates, texts, strict=True) if "\n" in t}
         return self._newline_ids
 
     def _eos_ids(self) -> set[int]:
@@ -211,7 +216,9 @@ class LanguageModel:
 
     def stop_token_ids(self, stop_at_newline: bool | None = None) -> torch.Tensor:
         """Token ids that end an answer: EOS, plus every token containing a newline if enabled."""
-        flag = self.config.generation.stop_at_newline if stop_at_newline is None else stop_at_newline
+        flag = (
+            self.config.generation.stop_at_newline if stop_at_newline is None else stop_at_newline
+        )
         if flag not in self._stop_ids:
             ids = self._eos_ids() | (self._newline_token_ids() if flag else set())
             self._stop_ids[flag] = torch.tensor(sorted(ids), dtype=torch.long, device=self._device)
@@ -360,7 +367,11 @@ class LanguageModel:
                     break
                 feed = torch.where(finished, torch.full_like(token, pad), token)
                 attention_mask = torch.cat(
-                    [attention_mask, torch.ones((n, 1), dtype=attention_mask.dtype, device=self._device)], dim=1
+                    [
+                        attention_mask,
+                        torch.ones((n, 1), dtype=attention_mask.dtype, device=self._device),
+                    ],
+                    dim=1,
                 )
                 positions = positions + 1
                 out = self._forward(feed[:, None], attention_mask, positions, cache)

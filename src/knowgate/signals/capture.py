@@ -51,7 +51,9 @@ class TokenStats:
 
     def slice(self, start: int, stop: int | None = None) -> TokenStats:
         """Sub-range of positions (e.g. the answer tokens without the stop token)."""
-        return TokenStats(self.entropy[start:stop], self.logprob[start:stop], self.margin[start:stop])
+        return TokenStats(
+            self.entropy[start:stop], self.logprob[start:stop], self.margin[start:stop]
+        )
 
     @classmethod
     def from_lists(

@@ -62,7 +62,7 @@ def topk_energy(h: ArrayLike, percent: float) -> FloatArray:
 
 
 def effective_rank(h: ArrayLike) -> FloatArray:
-    """exp(entropy of |h| / sum|h|) divided by d: 1 for a constant-magnitude vector, 1/d for one-hot."""
+    """exp(entropy of |h| / sum|h|) / d: 1 for constant magnitude, 1/d for a one-hot vector."""
     a = np.abs(_as_activations(h, "effective_rank"))
     p = a / a.sum(axis=-1, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -1,0 +1,117 @@
+"""Uncertainty aggregates and the named-feature registry, on hand-built captures."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from knowgate.errors import SignalError
+from knowgate.signals import (
+    ForwardCapture,
+    SignalConfig,
+    TokenStats,
+    compute_features,
+    feature_names,
+    feature_specs,
+    uncertainty,
+)
+
+
+def stats(entropy, prob, margin) -> TokenStats:
+    return TokenStats.from_lists(list(entropy), [math.log(p) for p in prob], list(margin))
+
+
+def make_capture(n_layers: int = 4, draft: TokenStats | None = None, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return ForwardCapture(
+        layers=tuple(range(n_layers)),
+        num_layers=n_layers,
+        hidden=rng.normal(size=(n_layers, 16)).astype(np.float32),
+        mlp=rng.normal(size=(n_layers, 32)).astype(np.float32),
+        next_token=stats([1.5], [0.4], [0.1]),
+        draft=draft,
+    )
+
+
+def test_uncertainty_aggregates_by_hand() -> None:
+    s = stats([0.5, 2.0, 1.0], [0.9, 0.2, 0.5], [0.8, 0.05, 0.3])
+    assert uncertainty.mean_entropy(s) == pytest.approx(3.5 / 3)
+    assert uncertainty.max_entropy(s) == pytest.approx(2.0)
+    assert uncertainty.min_prob(s) == pytest.approx(0.2)
+    assert uncertainty.mean_prob(s) == pytest.approx(1.6 / 3)
+    mean_lp = (math.log(0.9) + math.log(0.2) + math.log(0.5)) / 3
+    assert uncertainty.mean_logprob(s) == pytest.approx(mean_lp)
+    assert uncertainty.perplexity(s) == pytest.approx(math.exp(-mean_lp))
+    assert uncertainty.first_margin(s) == pytest.approx(0.8)
+
+
+def test_empty_token_stats_raise() -> None:
+    with pytest.raises(SignalError, match="at least one token"):
+        uncertainty.mean_entropy(stats([], [], []))
+
+
+def test_token_stats_reject_nan_and_ragged_arrays() -> None:
+    with pytest.raises(SignalError, match="non-finite"):
+        TokenStats.from_lists([float("nan")], [0.0], [0.0])
+    with pytest.raises(SignalError, match="equally long"):
+        TokenStats.from_lists([1.0, 2.0], [0.0], [0.0])
+
+
+def test_feature_names_match_computed_features() -> None:
+    draft = stats([0.5, 1.0], [0.9, 0.6], [0.8, 0.2])
+    with_draft = compute_features(make_capture(draft=draft))
+    model_features = feature_names(family="sparsity") + feature_names(family="uncertainty")
+    assert list(with_draft) == model_features
+    pre_only = compute_features(make_capture())
+    assert set(pre_only) == set(model_features) & set(feature_names(stage="prefill"))
+    assert set(with_draft) - set(pre_only) == set(feature_names(stage="draft"))
+    specs = feature_specs()
+    assert all(specs[name].family in {"sparsity", "uncertainty"} for name in with_draft)
+
+
+def test_aggregates_pick_the_right_layers() -> None:
+    capture = make_capture(n_layers=5)
+    from knowgate.signals.sparsity import hoyer
+
+    per_layer = hoyer(capture.hidden)
+    f = compute_features(capture)
+    assert f["hidden_hoyer_last"] == pytest.approx(per_layer[4])
+    assert f["hidden_hoyer_mid"] == pytest.approx(per_layer[2])  # 5 // 2
+    assert f["hidden_hoyer_mean"] == pytest.approx(per_layer.mean())
+    assert f["next_token_entropy"] == pytest.approx(1.5)
+    assert f["next_token_max_prob"] == pytest.approx(0.4)
+
+
+def test_per_layer_features_and_missing_layers() -> None:
+    cfg = SignalConfig(per_layer=(0, -1))
+    f = compute_features(make_capture(), cfg)
+    assert "hidden_gini_layer0" in f and "mlp_hoyer_layer_minus1" in f
+    assert f["hidden_gini_layer_minus1"] == pytest.approx(f["hidden_gini_last"])
+    partial = ForwardCapture(
+        layers=(2, 3),
+        num_layers=4,
+        hidden=np.ones((2, 8), dtype=np.float32),
+        mlp=np.ones((2, 8), dtype=np.float32),
+        next_token=stats([1.0], [0.5], [0.1]),
+    )
+    with pytest.raises(SignalError, match="only layers"):
+        compute_features(partial, SignalConfig(per_layer=(0,)))
+
+
+def test_capture_validates_shapes_and_values() -> None:
+    good = make_capture()
+    with pytest.raises(SignalError, match="hidden must be"):
+        ForwardCapture(good.layers, 4, good.hidden[:2], good.mlp, good.next_token)
+    bad = good.hidden.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(SignalError, match="non-finite"):
+        ForwardCapture(good.layers, 4, bad, good.mlp, good.next_token)
+
+
+def test_signal_config_rejects_unknown_keys() -> None:
+    from knowgate.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown key"):
+        SignalConfig.from_dict({"aggregates": ["last"], "bogus": 1})
