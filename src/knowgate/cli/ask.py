@@ -1,0 +1,110 @@
+"""``knowgate ask``: route one question and show the decision, the answer and the trace."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from knowgate.cli.app import app
+from knowgate.cli.common import print_json, user_errors, with_status
+
+if TYPE_CHECKING:
+    from knowgate.config import RouterConfig
+    from knowgate.routing import RoutedAnswer, Router
+
+
+def build_config(
+    config_file: Path | None,
+    *,
+    model: str | None = None,
+    kb: Path | None = None,
+    policy: Path | None = None,
+    mode: str | None = None,
+    threshold: float | None = None,
+    k: int | None = None,
+) -> RouterConfig:
+    """The config file (or defaults) with command-line overrides applied and re-validated."""
+    from knowgate.config import RouterConfig, load_config
+
+    base = load_config(config_file).model_dump()
+    if model is not None:
+        base["model"]["source"] = model
+    if kb is not None:
+        base["retrieval"]["knowledge_base"] = kb
+    if k is not None:
+        base["retrieval"]["k"] = k
+    if policy is not None:
+        base["policy"] = {**base["policy"], "path": policy, "name": None, "params": {}}
+    if threshold is not None:
+        base["policy"]["threshold"] = threshold
+    if mode is not None:
+        base["gate"]["mode"] = mode
+    return RouterConfig.from_dict(base, source="command line")
+
+
+def load_router(config: RouterConfig, **kwargs: Any) -> Router:
+    """Build a router with a spinner (model load, policy, knowledge base)."""
+    from knowgate.routing import Router
+
+    return with_status(
+        f"loading {config.model.source}, policy and knowledge base...",
+        lambda: Router.from_config(config, **kwargs),
+    )
+
+
+def print_routed(routed: RoutedAnswer, out: Console) -> None:
+    """Human-readable view of one routed answer."""
+    d = routed.decision
+    verdict = "[yellow]retrieved[/]" if routed.passages else "[green]closed-book[/]"
+    p_known = "n/a" if d.p_known is None else f"{d.p_known:.3f}"
+    threshold = "n/a" if d.threshold is None else f"{d.threshold:.3f}"
+    out.print(f"[bold]answer[/]   {routed.answer}")
+    out.print(
+        f"[bold]decision[/] {verdict}: p_known {p_known} vs threshold {threshold} "
+        f"({d.mode} gate, {d.policy})"
+    )
+    out.print(f"[bold]reason[/]   {d.reason}")
+    if routed.retrieval_error:
+        out.print(f"[bold red]retrieval[/] {routed.retrieval_error}")
+    if routed.passages:
+        table = Table(show_header=True, box=None)
+        table.add_column("#")
+        table.add_column("score", justify="right")
+        table.add_column("passage")
+        for p in routed.passages:
+            score = "" if p.score is None else f"{p.score:.3f}"
+            snippet = " ".join(p.text.split())[:90]
+            table.add_row(str(p.rank), score, f"[bold]{p.title}[/] {snippet}")
+        out.print(table)
+    calls = ", ".join(f"{k} {v}" for k, v in routed.calls.items())
+    timings = ", ".join(f"{k} {v:.0f}" for k, v in routed.timings_ms.items())
+    out.print(f"[dim]calls: {calls} | timings (ms): {timings}[/]")
+
+
+@app.command()
+def ask(
+    question: str = typer.Argument(..., help="The question to answer."),
+    kb: Path | None = typer.Option(None, "--kb", help="Knowledge-base directory to retrieve from."),
+    policy: Path | None = typer.Option(None, "--policy", help="Fitted policy JSON."),
+    mode: str | None = typer.Option(None, "--mode", help="Gate mode: pre or draft."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Model source override."),
+    threshold: float | None = typer.Option(None, help="p_known threshold override."),
+    k: int | None = typer.Option(None, "-k", help="Passages per retrieving request."),
+    config_file: Path | None = typer.Option(None, "--config", "-c", help="Router YAML config."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Answer a question, retrieving only when the model does not know."""
+    with user_errors():
+        config = build_config(
+            config_file, model=model, kb=kb, policy=policy, mode=mode, threshold=threshold, k=k
+        )
+        router = load_router(config)
+        routed = router.route(question)
+    if as_json:
+        print_json(routed.to_dict())
+    else:
+        print_routed(routed, Console())

@@ -1,0 +1,120 @@
+"""The router's configuration: one validated document for model, policy, gate and retrieval.
+
+Loadable from YAML (see ``configs/default.yaml``); unknown keys anywhere are rejected, so a typo
+is an error rather than a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from knowgate.models.config import ModelConfig
+from knowgate.schema import StrictModel, load_yaml
+
+GateMode = Literal["pre", "draft"]
+
+
+class PolicySpec(StrictModel):
+    """Which gating policy decides.
+
+    Give ``path`` (a fitted policy JSON from ``knowgate calibrate``) or ``name`` with ``params``
+    (a registry policy such as ``always``, ``never``, ``random``, ``threshold``). With neither, the
+    policy bundled for the model is used (``configs/policies/<model>.json``); a model without a
+    bundled policy falls back to ``always`` with a warning.
+
+    Attributes:
+        path: fitted policy artifact.
+        name: registry name.
+        params: registry parameters for ``name``.
+        threshold: override the policy's p_known threshold (retrieve when p_known is below it).
+        force: use a policy fitted for a different model (its calibration will not transfer).
+    """
+
+    path: Path | None = None
+    name: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    force: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PolicySpec:
+        if self.path is not None and self.name is not None:
+            raise ValueError("give either policy.path or policy.name, not both")
+        if self.params and self.name is None:
+            raise ValueError("policy.params needs policy.name")
+        return self
+
+
+class GateConfig(StrictModel):
+    """When the gate decides.
+
+    Attributes:
+        mode: ``pre`` decides from the prefill signals alone (a retrieving request spends no
+            decode steps on a closed-book draft); ``draft`` decides after a short greedy draft,
+            using its token probabilities too (when the model knows, the draft is the answer).
+    """
+
+    mode: GateMode = "pre"
+
+
+class RetrievalConfig(StrictModel):
+    """Where passages come from when the gate says retrieve.
+
+    Attributes:
+        knowledge_base: a knowledge-base directory (``knowgate index build``); ``None`` when a
+            retriever object is passed to the router in code, or when none is available (then
+            retrieving requests are answered closed-book and the trace says why).
+        k: passages per retrieving request.
+        mode: search mode override (``dense``, ``bm25``, ``hybrid``); ``None`` keeps the base's.
+        embedding_model: the embedding model the base must have been built with; a base built
+            with another one is rejected (its vectors would not match the queries). ``None``
+            accepts the base's own model.
+    """
+
+    knowledge_base: Path | None = None
+    embedding_model: str | None = None
+    k: int = Field(default=3, ge=1, le=50)
+    mode: Literal["dense", "bm25", "hybrid"] | None = None
+
+
+class LimitsConfig(StrictModel):
+    """Input limits.
+
+    Attributes:
+        max_query_chars: longer queries are rejected with an InputError (the prompt must also
+            fit the model's context; passages are dropped from the end until it does).
+    """
+
+    max_query_chars: int = Field(default=4000, ge=1)
+
+
+class RouterConfig(StrictModel):
+    """Everything a :class:`~knowgate.Router` is made of."""
+
+    model: ModelConfig = ModelConfig()
+    policy: PolicySpec = PolicySpec()
+    gate: GateConfig = GateConfig()
+    retrieval: RetrievalConfig = RetrievalConfig()
+    limits: LimitsConfig = LimitsConfig()
+
+
+def load_config(path: str | Path | None = None) -> RouterConfig:
+    """Load a router config from YAML; ``None`` gives the defaults.
+
+    Relative paths inside the file (``policy.path``, ``retrieval.knowledge_base``) are resolved
+    against the file's directory, so a config works from any working directory.
+    """
+    if path is None:
+        return RouterConfig()
+    path = Path(path)
+    data = load_yaml(path)
+    for section, key in (("policy", "path"), ("retrieval", "knowledge_base")):
+        block = data.get(section)
+        if isinstance(block, dict) and isinstance(block.get(key), str):
+            value = Path(block[key]).expanduser()
+            if not value.is_absolute():
+                block[key] = str((path.parent / value).resolve())
+    return RouterConfig.from_dict(data, source=str(path))

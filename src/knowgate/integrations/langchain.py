@@ -1,0 +1,266 @@
+"""LangChain integration: a routing ``Runnable`` and a ``GatedRetriever`` for existing RAG chains.
+
+Depends only on ``langchain-core``.
+
+- :class:`KnowgateRunnable` routes a question (a string, or a dict with a question key) and
+  returns the answer string or the full :class:`~knowgate.routing.RoutedAnswer`; it composes in
+  LCEL and supports ``invoke/batch/ainvoke/abatch`` (``batch`` uses the router's batched path).
+- :class:`GatedRetriever` wraps the retriever of an existing chain: it returns no documents when
+  the local model knows the answer, so the chain's LLM answers closed-book; otherwise it returns
+  the inner retriever's documents, tagged with the decision in their metadata.
+- :class:`LocalChatModel` exposes the local model as a LangChain chat model, so a complete chain
+  runs offline (the examples use it; any other chat model works the same).
+
+Both emit a ``knowgate_decision`` custom event (see ``on_custom_event`` in LangChain callbacks)
+with the decision, p_known and threshold, and take the p_known threshold per request through the
+configurable field ``threshold``::
+
+    chain.invoke(q, config={"configurable": {"threshold": 0.4}})
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from langchain_core.callbacks import (
+    CallbackManagerForChainRun,
+    CallbackManagerForRetrieverRun,
+    dispatch_custom_event,
+)
+from langchain_core.documents import Document
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.retrievers import BaseRetriever
+from langchain_core.runnables import (
+    ConfigurableField,
+    RunnableConfig,
+    RunnableSerializable,
+)
+from pydantic import ConfigDict, Field
+
+from knowgate.errors import InputError
+from knowgate.models import LanguageModel
+from knowgate.routing import RoutedAnswer, Router
+
+DECISION_EVENT = "knowgate_decision"
+THRESHOLD_FIELD = ConfigurableField(
+    id="threshold",
+    name="p_known threshold",
+    description="Retrieve when the calibrated p_known is below this value.",
+)
+
+
+def _event_payload(answer_or_gate: Any, query: str) -> dict[str, Any]:
+    d = answer_or_gate.decision
+    return {
+        "query": query,
+        "retrieve": d.retrieve,
+        "p_known": d.p_known,
+        "threshold": d.threshold,
+        "policy": d.policy,
+        "mode": d.mode,
+    }
+
+
+def _emit(payload: dict[str, Any], callbacks: Any) -> None:
+    # Outside a traced context there is no parent run and nobody to notify.
+    with contextlib.suppress(RuntimeError):
+        dispatch_custom_event(DECISION_EVENT, payload, config={"callbacks": callbacks})
+
+
+class KnowgateRunnable(RunnableSerializable[Any, Any]):
+    """Routes questions through a :class:`~knowgate.Router` inside LCEL chains.
+
+    Attributes:
+        router: the router.
+        output: ``answer`` returns the answer string; ``routed`` the full RoutedAnswer.
+        question_key: for dict inputs, the key holding the question.
+        threshold: p_known threshold override (configurable per request as ``threshold``).
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    router: Router = Field(exclude=True)
+    output: Literal["answer", "routed"] = "answer"
+    question_key: str = "question"
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+
+    @classmethod
+    def configurable_for(cls, router: Router, *, output: str = "answer", **kwargs: Any) -> Any:
+        """A runnable whose threshold is overridable via ``configurable={"threshold": ...}``."""
+        return cls(router=router, output=output, **kwargs).configurable_fields(
+            threshold=THRESHOLD_FIELD
+        )
+
+    def _question(self, value: Any) -> str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, Mapping):
+            if self.question_key not in value:
+                raise InputError(
+                    f"input dict has no {self.question_key!r} key (keys: {sorted(value)})"
+                )
+            question = value[self.question_key]
+            if not isinstance(question, str):
+                raise InputError(f"input[{self.question_key!r}] must be a string")
+            return question
+        raise InputError(
+            f"input must be a question string or a dict with {self.question_key!r}, "
+            f"got {type(value).__name__}"
+        )
+
+    def _shape(self, routed: RoutedAnswer) -> Any:
+        return routed if self.output == "routed" else routed.answer
+
+    def _run_many(
+        self,
+        inputs: list[Any],
+        run_manager: list[CallbackManagerForChainRun],
+    ) -> list[Any]:
+        queries = [self._question(v) for v in inputs]
+        routed = self.router.route_batch(queries, threshold=self.threshold)
+        for r, manager in zip(routed, run_manager, strict=True):
+            _emit(_event_payload(r, r.query), manager.get_child())
+        return [self._shape(r) for r in routed]
+
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        """Route one question."""
+        return self._call_with_config(
+            lambda value, run_manager: self._run_many([value], [run_manager])[0],
+            input,
+            config,
+            run_type="chain",
+        )
+
+    def batch(
+        self,
+        inputs: list[Any],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[Any]:
+        """Route many questions in the router's batched path (one prefill per batch)."""
+        if not inputs:
+            return []
+        return self._batch_with_config(
+            self._run_many, inputs, config, return_exceptions=return_exceptions, run_type="chain"
+        )
+
+    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        """Async :meth:`invoke` (the model runs in a worker thread)."""
+        import asyncio
+
+        return await asyncio.to_thread(self.invoke, input, config, **kwargs)
+
+    async def abatch(
+        self,
+        inputs: list[Any],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[Any]:
+        """Async :meth:`batch`."""
+        import asyncio
+
+        return await asyncio.to_thread(
+            self.batch, inputs, config, return_exceptions=return_exceptions, **kwargs
+        )
+
+
+class GatedRetriever(BaseRetriever):
+    """Drop-in replacement for a chain's retriever that retrieves only when the model does not know.
+
+    Attributes:
+        router: supplies the local model and policy (its own retriever is not used).
+        retriever: the inner retriever whose documents are returned when retrieving.
+        threshold: p_known threshold override (configurable per request as ``threshold``).
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    router: Router = Field(exclude=True)
+    retriever: BaseRetriever
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+
+    @classmethod
+    def configurable_for(cls, router: Router, retriever: BaseRetriever, **kwargs: Any) -> Any:
+        """A gated retriever whose threshold is overridable per request."""
+        return cls(router=router, retriever=retriever, **kwargs).configurable_fields(
+            threshold=THRESHOLD_FIELD
+        )
+
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun
+    ) -> list[Document]:
+        gate = self.router.gate(query, threshold=self.threshold)
+        payload = _event_payload(gate, query)
+        _emit(payload, run_manager.get_child())
+        if not gate.decision.retrieve:
+            return []
+        docs = self.retriever.invoke(query, config={"callbacks": run_manager.get_child()})
+        tagged = []
+        for doc in docs:
+            meta = dict(doc.metadata or {})
+            meta.update(
+                {
+                    "knowgate_retrieve": True,
+                    "knowgate_p_known": gate.decision.p_known,
+                    "knowgate_threshold": gate.decision.threshold,
+                    "knowgate_policy": gate.decision.policy,
+                }
+            )
+            tagged.append(Document(page_content=doc.page_content, metadata=meta, id=doc.id))
+        return tagged
+
+
+_ROLES = {"human": "user", "ai": "assistant", "system": "system"}
+
+
+class LocalChatModel(BaseChatModel):
+    """The local knowgate model as a LangChain chat model (greedy, short answers).
+
+    Messages are rendered with the tokenizer's chat template; a base model without one gets the
+    messages as ``role: content`` lines followed by ``assistant:``.
+
+    Attributes:
+        model: the local language model.
+        max_new_tokens: answer length limit (default: the model config's).
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    model: LanguageModel = Field(exclude=True)
+    max_new_tokens: int | None = Field(default=None, ge=1)
+
+    @property
+    def _llm_type(self) -> str:
+        return "knowgate-local"
+
+    def _render(self, messages: list[BaseMessage]) -> str:
+        turns = [{"role": _ROLES.get(m.type, "user"), "content": str(m.content)} for m in messages]
+        tokenizer = self.model.tokenizer
+        if getattr(tokenizer, "chat_template", None):
+            return str(
+                tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+            )
+        lines = [f"{t['role']}: {t['content']}" for t in turns]
+        return "\n".join([*lines, "assistant:"])
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: Any = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        out = self.model.run([self._render(messages)], max_new_tokens=self.max_new_tokens)[0]
+        text = out.answer
+        for s in stop or []:
+            text = text.split(s, 1)[0]
+        message = AIMessage(content=text, response_metadata={"model": self.model.model_id})
+        return ChatResult(generations=[ChatGeneration(message=message)])

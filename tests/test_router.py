@@ -1,0 +1,270 @@
+"""The router on the real default model: decisions, call counts, fallbacks, batching, threads."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from langchain_core.language_models.fake_chat_models import FakeListChatModel
+
+from knowgate.config import RouterConfig, load_config
+from knowgate.errors import ConfigError, InputError, KnowledgeBaseError, PolicyError
+from knowgate.policy import build_policy
+from knowgate.retrieval import Document, KnowledgeBase
+from knowgate.routing import Router
+from knowgate.routing.router import load_knowledge_base
+
+DOCS = [
+    Document(id="kg", title="knowgate", text="knowgate was released in 2026 by the knowgate team."),
+    Document(id="paris", title="Paris", text="Paris is the capital and largest city of France."),
+    Document(id="hamlet", title="Hamlet", text="Hamlet is a tragedy written by Shakespeare."),
+]
+QUESTIONS = ["What is the capital of France?", "Who wrote Hamlet?", "When was knowgate released?"]
+
+
+@pytest.fixture(scope="session")
+def kb() -> KnowledgeBase:
+    return KnowledgeBase.build(DOCS, progress=False)
+
+
+class Counting:
+    """Wraps the model's prefill/decode to count real forward-pass calls per request."""
+
+    def __init__(self, lm, monkeypatch) -> None:
+        self.prefill_rows = 0
+        self.decoded_rows = 0
+        orig_prefill, orig_decode = lm.prefill, lm.decode
+
+        def prefill(prompts):
+            self.prefill_rows += len(prompts)
+            return orig_prefill(prompts)
+
+        def decode(pre, rows=None, **kw):
+            drafts = orig_decode(pre, rows=rows, **kw)
+            self.decoded_rows += len(drafts)
+            return drafts
+
+        monkeypatch.setattr(lm, "prefill", prefill)
+        monkeypatch.setattr(lm, "decode", decode)
+
+
+class CountingRetriever:
+    def __init__(self, kb: KnowledgeBase, fail: bool = False) -> None:
+        self.kb, self.fail, self.calls = kb, fail, 0
+
+    def search(self, query: str, k: int = 5):
+        self.calls += 1
+        if self.fail:
+            raise ConnectionError("index server unreachable")
+        return self.kb.search(query, k)
+
+
+def threshold_policy(value: float = 0.3):
+    return build_policy(
+        "threshold", feature="next_token_max_prob", direction="higher_is_known", value=value
+    )
+
+
+def test_known_query_is_one_lm_call_and_no_retrieval(smollm, kb, monkeypatch) -> None:
+    counter = Counting(smollm, monkeypatch)
+    retriever = CountingRetriever(kb)
+    routed = Router(smollm, build_policy("never"), retriever).route(QUESTIONS[0])
+    assert routed.decision.retrieve is False
+    assert routed.calls == {"lm": 1, "retriever": 0}
+    assert (counter.prefill_rows, counter.decoded_rows, retriever.calls) == (1, 1, 0)
+    assert routed.passages == [] and routed.retrieval_error is None
+    # The answer is the closed-book generation of the same pass.
+    assert routed.answer == smollm.ask(QUESTIONS[0]).answer
+    assert {"prefill", "signals", "policy", "decode", "total"} <= set(routed.timings_ms)
+
+
+def test_unknown_query_retrieves_once_and_answers_with_passages(smollm, kb, monkeypatch) -> None:
+    counter = Counting(smollm, monkeypatch)
+    retriever = CountingRetriever(kb)
+    routed = Router(smollm, build_policy("always"), retriever).route(QUESTIONS[2])
+    assert routed.decision.retrieve is True
+    assert routed.calls == {"lm": 2, "retriever": 1}
+    assert retriever.calls == 1
+    # pre gate: the gate's prefill plus the answer's own pass; no draft tokens for the gate.
+    assert counter.prefill_rows == 2 and counter.decoded_rows == 1
+    assert routed.passages[0].id == "kg" and routed.passages[0].rank == 1
+    assert "2026" in routed.answer
+    assert "retrieve" in routed.timings_ms and "answer_with_passages" in routed.timings_ms
+
+
+def test_draft_mode_decides_after_the_draft(smollm, kb) -> None:
+    policy = build_policy(
+        "threshold", feature="draft_mean_prob", direction="higher_is_known", value=0.0
+    )
+    router = Router(smollm, policy, kb, config=RouterConfig(gate={"mode": "draft"}))
+    routed = router.route(QUESTIONS[0])
+    assert routed.decision.mode == "draft" and routed.decision.retrieve is False
+    assert routed.calls == {"lm": 1, "retriever": 0}
+    assert "draft_mean_prob" in routed.features
+    with pytest.raises(ConfigError, match="draft features"):
+        Router(smollm, policy, kb)  # a pre gate cannot read draft features
+
+
+def test_threshold_decides_and_can_be_overridden_per_request(smollm, kb) -> None:
+    router = Router(smollm, threshold_policy(0.0), kb)
+    first = router.route(QUESTIONS[1])
+    assert first.decision.retrieve is False
+    p = first.features["next_token_max_prob"]
+    flipped = router.route(QUESTIONS[1], threshold=min(1.0, p + 0.01))
+    assert flipped.decision.retrieve is True and flipped.calls["retriever"] == 1
+    assert flipped.decision.threshold == pytest.approx(min(1.0, p + 0.01))
+
+
+def test_batch_equals_single_routes(smollm, kb) -> None:
+    router = Router(smollm, threshold_policy(0.3), kb)
+    batched = router.route_batch(QUESTIONS)
+    for q, b in zip(QUESTIONS, batched, strict=True):
+        s = router.route(q)
+        assert (b.answer, b.decision.retrieve) == (s.answer, s.decision.retrieve)
+        assert [p.id for p in b.passages] == [p.id for p in s.passages]
+
+
+def test_threads_get_the_same_results_as_sequential_calls(smollm, kb) -> None:
+    router = Router(smollm, threshold_policy(0.3), kb)
+    sequential = [router.route(q) for q in QUESTIONS]
+    barrier = threading.Barrier(len(QUESTIONS) * 2)
+
+    def work(q: str):
+        barrier.wait()
+        return router.route(q)
+
+    with ThreadPoolExecutor(max_workers=len(QUESTIONS) * 2) as pool:
+        concurrent = list(pool.map(work, QUESTIONS * 2))
+    for i, got in enumerate(concurrent):
+        want = sequential[i % len(QUESTIONS)]
+        assert got.answer == want.answer
+        assert got.decision == want.decision
+        assert got.features["hidden_hoyer_last"] == pytest.approx(
+            want.features["hidden_hoyer_last"], rel=1e-5
+        )
+
+
+def test_async_forms(smollm, kb) -> None:
+    router = Router(smollm, build_policy("never"), kb)
+
+    async def main():
+        one = await router.aroute(QUESTIONS[0])
+        many = await router.aroute_batch(QUESTIONS[:2])
+        return one, many
+
+    one, many = asyncio.run(main())
+    assert one.answer == many[0].answer
+
+
+def test_failing_retriever_falls_back_closed_book_visibly(smollm, kb) -> None:
+    retriever = CountingRetriever(kb, fail=True)
+    routed = Router(smollm, build_policy("always"), retriever).route(QUESTIONS[0])
+    assert routed.decision.retrieve is True
+    assert routed.passages == []
+    assert "ConnectionError" in routed.retrieval_error
+    assert "unreachable" in routed.retrieval_error
+    assert routed.calls == {"lm": 1, "retriever": 1}
+    assert routed.answer == smollm.ask(QUESTIONS[0]).answer
+
+
+def test_no_retriever_is_recorded(smollm) -> None:
+    routed = Router(smollm, build_policy("always")).route(QUESTIONS[0])
+    assert routed.retrieval_error.startswith("no retriever configured")
+    assert routed.calls == {"lm": 1, "retriever": 0}
+
+
+def test_generator_writes_the_answer(smollm, kb) -> None:
+    fake = FakeListChatModel(responses=["generated closed-book", "generated with passages"])
+    router = Router(smollm, build_policy("never"), kb, generator=fake)
+    routed = router.route(QUESTIONS[0])
+    assert routed.answer == "generated closed-book"
+    assert routed.calls == {"lm": 1, "retriever": 0, "generator": 1}
+    rag = Router(smollm, build_policy("always"), kb, generator=fake).route(QUESTIONS[2])
+    assert rag.answer == "generated with passages" and rag.passages
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("", "empty"),
+        ("   \n", "empty"),
+        (42, "must be a string"),
+        (None, "must be a string"),
+        ("x" * 5000, "limit is 4000"),
+    ],
+)
+def test_bad_queries(smollm, kb, query, message) -> None:
+    router = Router(smollm, build_policy("never"), kb)
+    with pytest.raises(InputError, match=message):
+        router.route(query)
+
+
+def test_query_longer_than_the_context(smollm, kb) -> None:
+    config = RouterConfig(limits={"max_query_chars": 200_000})
+    router = Router(smollm, build_policy("never"), kb, config=config)
+    with pytest.raises(InputError, match="accepts at most"):
+        router.route("why " * 9000)
+
+
+def test_rag_prompt_drops_passages_that_do_not_fit(smollm) -> None:
+    long_docs = [Document(id=f"d{i}", title=f"T{i}", text="filler words " * 400) for i in range(3)]
+    router = Router(smollm, build_policy("always"), KnowledgeBase.build(long_docs, progress=False))
+    routed = router.route("What is in the filler?")
+    assert 1 <= len(routed.passages) <= 3  # all fit here (800 chars each); the cut is tested below
+    _, used = router._fit_passages("q", routed.passages * 200)
+    assert used < 600
+
+
+def test_policy_for_another_model_is_refused(smollm, kb) -> None:
+    policy = build_policy(
+        "threshold", feature="next_token_max_prob", direction="higher_is_known", value=0.3
+    )
+    policy.model_id = "gemma3-270m"
+    with pytest.raises(PolicyError, match="fitted for model 'gemma3-270m'"):
+        Router(smollm, policy, kb)
+    forced = Router(smollm, policy, kb, config=RouterConfig(policy={"force": True}))
+    assert forced.route(QUESTIONS[0]).answer
+
+
+def test_evaluation_only_policies_cannot_route(smollm, kb) -> None:
+    with pytest.raises(ConfigError, match="evaluation-only"):
+        Router(smollm, build_policy("oracle"), kb)
+
+
+def test_knowledge_base_with_another_embedding_model(kb, tmp_path: Path) -> None:
+    kb.save(tmp_path / "kb")
+    assert len(load_knowledge_base(tmp_path / "kb", kb.embedding_model_id)) == len(DOCS)
+    with pytest.raises(KnowledgeBaseError, match="built with embedding model"):
+        load_knowledge_base(tmp_path / "kb", "sentence-transformers/all-mpnet-base-v2")
+
+
+def test_config_rejects_unknown_keys_and_resolves_paths(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("gate:\n  mode: pre\n  moode: draft\n")
+    with pytest.raises(ConfigError, match="gate.moode: unknown key"):
+        load_config(bad)
+    good = tmp_path / "sub" / "router.yaml"
+    good.parent.mkdir()
+    good.write_text("retrieval:\n  knowledge_base: ../kb\npolicy:\n  name: never\n")
+    cfg = load_config(good)
+    assert cfg.retrieval.knowledge_base == (tmp_path / "kb").resolve()
+    with pytest.raises(ConfigError, match="not both"):
+        RouterConfig.from_dict({"policy": {"name": "never", "path": "p.json"}})
+
+
+def test_from_config_uses_given_components(smollm, kb) -> None:
+    config = RouterConfig(policy={"name": "never"})
+    router = Router.from_config(config, model=smollm, retriever=kb)
+    assert router.route(QUESTIONS[0]).decision.policy.startswith("never")
+
+
+def test_trace_to_dict_shape(smollm, kb) -> None:
+    routed = Router(smollm, build_policy("always"), kb).route(QUESTIONS[0])
+    data = routed.to_dict()
+    assert {"answer", "decision", "features", "passages", "calls", "timings_ms"} <= set(data)
+    assert set(data["decision"]) == {"retrieve", "p_known", "threshold", "policy", "mode", "reason"}
+    assert set(data["passages"][0]) == {"id", "title", "score", "rank"}
+    assert set(data["calls"]) == {"lm", "retriever"}
