@@ -35,7 +35,26 @@ _EXPORTS: dict[str, str] = {
     "load_policy": "knowgate.policy",
 }
 
-__all__ = [*sorted(_EXPORTS), "__version__"]
+__all__ = [
+    "Decision",
+    "KnowgateError",
+    "KnowledgeBase",
+    "KnowledgeBaseConfig",
+    "LanguageModel",
+    "ModelConfig",
+    "Policy",
+    "RoutedAnswer",
+    "Router",
+    "RouterConfig",
+    "SignalConfig",
+    "__version__",
+    "build_policy",
+    "compute_features",
+    "feature_names",
+    "load_config",
+    "load_model",
+    "load_policy",
+]
 
 if TYPE_CHECKING:
     from knowgate.config import RouterConfig, load_config

@@ -91,6 +91,35 @@ class LimitsConfig(StrictModel):
     max_query_chars: int = Field(default=4000, ge=1)
 
 
+class ArmSpec(StrictModel):
+    """One arm of an A/B experiment.
+
+    Attributes:
+        policy: the arm's gating policy (``path`` or ``name``; ``threshold`` overrides its cut).
+        weight: relative share of units (any positive numbers; they are normalised).
+    """
+
+    policy: PolicySpec
+    weight: float = Field(default=1.0, gt=0.0, allow_inf_nan=False)
+
+
+class ExperimentSpec(StrictModel):
+    """An A/B test of gating policies (see docs/experiments.md).
+
+    Attributes:
+        name: the experiment's name; its definition cannot change once it has logged traffic.
+        salt: hashing salt (default: the name); a new salt reshuffles every unit.
+        arms: arm name -> arm, at least two; the first is the control.
+        decision_log: SQLite decision log to record every routed request in; ``None`` assigns
+            arms without logging.
+    """
+
+    name: str = Field(min_length=1)
+    salt: str | None = None
+    arms: dict[str, ArmSpec] = Field(min_length=2)
+    decision_log: Path | None = None
+
+
 class RouterConfig(StrictModel):
     """Everything a :class:`~knowgate.Router` is made of."""
 
@@ -99,6 +128,7 @@ class RouterConfig(StrictModel):
     gate: GateConfig = GateConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
     limits: LimitsConfig = LimitsConfig()
+    experiment: ExperimentSpec | None = None
 
 
 def load_config(path: str | Path | None = None) -> RouterConfig:
@@ -117,4 +147,22 @@ def load_config(path: str | Path | None = None) -> RouterConfig:
             value = Path(block[key]).expanduser()
             if not value.is_absolute():
                 block[key] = str((path.parent / value).resolve())
+    _resolve_experiment_paths(data.get("experiment"), path.parent)
     return RouterConfig.from_dict(data, source=str(path))
+
+
+def _resolve_experiment_paths(block: Any, base: Path) -> None:
+    """Resolve ``experiment.decision_log`` and each arm's ``policy.path`` against ``base``."""
+    if not isinstance(block, dict):
+        return
+    targets: list[tuple[dict[str, Any], str]] = [(block, "decision_log")]
+    arms = block.get("arms")
+    if isinstance(arms, dict):
+        for arm in arms.values():
+            if isinstance(arm, dict) and isinstance(arm.get("policy"), dict):
+                targets.append((arm["policy"], "path"))
+    for holder, key in targets:
+        if isinstance(holder.get(key), str):
+            value = Path(holder[key]).expanduser()
+            if not value.is_absolute():
+                holder[key] = str((base / value).resolve())

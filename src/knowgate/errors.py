@@ -52,3 +52,7 @@ class PolicyError(KnowgateError):
 
 class RetrievalError(KnowgateError):
     """A retriever failed while answering a query."""
+
+
+class ExperimentError(KnowgateError, ValueError):
+    """An A/B experiment definition, decision log or replay cache is invalid or inconsistent."""

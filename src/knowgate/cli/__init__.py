@@ -1,5 +1,10 @@
 """Command-line interface: ``knowgate --help`` lists the commands."""
 
+from knowgate.cli import ab as _ab  # noqa: F401  (registers the command)
+from knowgate.cli import ask as _ask  # noqa: F401  (registers the command)
+from knowgate.cli import calibrate as _calibrate  # noqa: F401  (registers the command)
+from knowgate.cli import demo as _demo  # noqa: F401  (registers the command)
+from knowgate.cli import index as _index  # noqa: F401  (registers the command)
 from knowgate.cli import signals as _signals  # noqa: F401  (registers the command)
 from knowgate.cli.app import app
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from functools import partial
 from pathlib import Path
 
 import typer
@@ -109,7 +110,7 @@ def demo(
             table.add_column(col, overflow="fold")
         routed_all = []
         for question, kind in DEMO_QUESTIONS:
-            routed = with_status(f"routing: {question}", lambda q=question: router.route(q))
+            routed = with_status(f"routing: {question}", partial(router.route, question))
             routed_all.append(routed)
             d = routed.decision
             decision = "retrieve" if d.retrieve else "closed-book"

@@ -16,6 +16,12 @@ with the decision, p_known and threshold, and take the p_known threshold per req
 configurable field ``threshold``::
 
     chain.invoke(q, config={"configurable": {"threshold": 0.4}})
+
+With an A/B experiment on the router, :class:`KnowgateRunnable` reads the experiment unit
+(user, session) from the run's config - ``metadata["unit_id"]`` or
+``configurable["unit_id"]`` - so the same user always gets the same arm::
+
+    chain.invoke(q, config={"metadata": {"unit_id": "user-42"}})
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from knowgate.models import LanguageModel
 from knowgate.routing import RoutedAnswer, Router
 
 DECISION_EVENT = "knowgate_decision"
+UNIT_ID_KEY = "unit_id"
 THRESHOLD_FIELD = ConfigurableField(
     id="threshold",
     name="p_known threshold",
@@ -55,7 +62,7 @@ THRESHOLD_FIELD = ConfigurableField(
 
 def _event_payload(answer_or_gate: Any, query: str) -> dict[str, Any]:
     d = answer_or_gate.decision
-    return {
+    payload = {
         "query": query,
         "retrieve": d.retrieve,
         "p_known": d.p_known,
@@ -63,6 +70,21 @@ def _event_payload(answer_or_gate: Any, query: str) -> dict[str, Any]:
         "policy": d.policy,
         "mode": d.mode,
     }
+    experiment = getattr(answer_or_gate, "extra", {}).get("experiment")
+    if experiment:  # the A/B arm, when the router runs an experiment
+        payload["experiment"] = experiment
+    return payload
+
+
+def unit_id_from_config(config: Mapping[str, Any] | None) -> Any:
+    """A run's experiment unit: ``configurable["unit_id"]``, else ``metadata["unit_id"]``."""
+    if not config:
+        return None
+    for section in ("configurable", "metadata"):
+        block = config.get(section)
+        if isinstance(block, Mapping) and block.get(UNIT_ID_KEY) is not None:
+            return block[UNIT_ID_KEY]
+    return None
 
 
 def _emit(payload: dict[str, Any], callbacks: Any) -> None:
@@ -89,7 +111,9 @@ class KnowgateRunnable(RunnableSerializable[Any, Any]):
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
 
     @classmethod
-    def configurable_for(cls, router: Router, *, output: str = "answer", **kwargs: Any) -> Any:
+    def configurable_for(
+        cls, router: Router, *, output: Literal["answer", "routed"] = "answer", **kwargs: Any
+    ) -> Any:
         """A runnable whose threshold is overridable via ``configurable={"threshold": ...}``."""
         return cls(router=router, output=output, **kwargs).configurable_fields(
             threshold=THRESHOLD_FIELD
@@ -119,9 +143,11 @@ class KnowgateRunnable(RunnableSerializable[Any, Any]):
         self,
         inputs: list[Any],
         run_manager: list[CallbackManagerForChainRun],
+        config: list[RunnableConfig],
     ) -> list[Any]:
         queries = [self._question(v) for v in inputs]
-        routed = self.router.route_batch(queries, threshold=self.threshold)
+        unit_ids = [unit_id_from_config(c) for c in config]
+        routed = self.router.route_batch(queries, threshold=self.threshold, unit_ids=unit_ids)
         for r, manager in zip(routed, run_manager, strict=True):
             _emit(_event_payload(r, r.query), manager.get_child())
         return [self._shape(r) for r in routed]
@@ -129,7 +155,7 @@ class KnowgateRunnable(RunnableSerializable[Any, Any]):
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         """Route one question."""
         return self._call_with_config(
-            lambda value, run_manager: self._run_many([value], [run_manager])[0],
+            lambda value, run_manager, config: self._run_many([value], [run_manager], [config])[0],
             input,
             config,
             run_type="chain",

@@ -28,7 +28,24 @@ _EXPORTS: dict[str, str] = {
     "summarize_logits": "knowgate.models.language_model",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "DEFAULT_MODEL",
+    "PACKAGED_MODELS",
+    "BlockLayout",
+    "Draft",
+    "FewShotExample",
+    "GenerationConfig",
+    "LanguageModel",
+    "ModelConfig",
+    "PackagedModel",
+    "Prefill",
+    "PromptConfig",
+    "RunOutput",
+    "discover_layout",
+    "load_model",
+    "resolve_source",
+    "summarize_logits",
+]
 
 if TYPE_CHECKING:
     from knowgate.models.architecture import BlockLayout, discover_layout

@@ -87,9 +87,11 @@ def discover_layout(model: nn.Module) -> BlockLayout:
 
 def select_layers(layers: str | tuple[int, ...], num_layers: int) -> tuple[int, ...]:
     """Turn ``"all"`` or (possibly negative) indices into sorted absolute block indices."""
-    if layers == "all":
+    if isinstance(layers, str):
+        if layers != "all":
+            raise ConfigError(f"layers must be 'all' or a list of block indices, got {layers!r}")
         return tuple(range(num_layers))
-    absolute = set()
+    absolute: set[int] = set()
     for i in layers:
         j = i + num_layers if i < 0 else i
         if not 0 <= j < num_layers:

@@ -74,7 +74,7 @@ def _dequantize_into(gguf_dir: Path, gguf_file: str, out: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
     # The GGUF quantizer marks the model as non-serialisable, but the weights are already plain
     # float32 tensors after dequantization; drop the marker so save_pretrained writes them.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(out)
@@ -140,8 +140,7 @@ def load_pretrained(config: ModelConfig) -> tuple[Any, Any, ResolvedSource]:
             else ""
         )
         raise ModelLoadError(f"could not load model {config.source!r}: {exc}.{hint}") from exc
-    model.to(config.device)
-    model.eval()
+    model = model.to(config.device).eval()  # type: ignore[arg-type]  # transformers stub
     log.info("loaded %s in %.1f s", resolved.model_id, time.perf_counter() - start)
     return model, tokenizer, resolved
 

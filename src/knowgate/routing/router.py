@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from knowgate.config import GateMode, RouterConfig, load_config
 from knowgate.errors import ConfigError, InputError, PolicyError
@@ -31,6 +31,9 @@ from knowgate.routing.retrievers import PassageSource, as_passage_source
 from knowgate.routing.trace import DecisionTrace, PassageTrace, RoutedAnswer
 from knowgate.signals import SignalConfig, compute_features, feature_specs
 from knowgate.signals.question import QUESTION_FEATURES, compute_question_features
+
+if TYPE_CHECKING:  # experiments sit on top of the router; imported only for annotations
+    from knowgate.experiments import DecisionLog, Experiment
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,11 @@ class Router:
             local model. The gate then measures the *local* model's familiarity with the query,
             as a proxy for the generator's.
         signal_config: which signals to compute.
+        experiment: an A/B experiment: each request's unit id picks the arm whose policy
+            decides (see docs/experiments.md); the arm is in ``RoutedAnswer.extra``.
+        decision_log: where experiment requests are logged (needs ``experiment``); the
+            experiment is registered on construction, which fails if its definition changed
+            after it logged traffic.
     """
 
     def __init__(
@@ -90,6 +98,8 @@ class Router:
         config: RouterConfig | None = None,
         generator: Any | None = None,
         signal_config: SignalConfig | None = None,
+        experiment: Experiment | None = None,
+        decision_log: DecisionLog | None = None,
     ) -> None:
         """Compose a router from ready components (see :meth:`from_config` to build them)."""
         self.config = config or RouterConfig(model=model.config)
@@ -102,6 +112,15 @@ class Router:
             else None
         )
         self.policy = self._checked_policy(policy)
+        if decision_log is not None and experiment is None:
+            raise ConfigError("a decision log needs an experiment to log")
+        if experiment is not None:
+            for arm_policy in experiment.arms.values():
+                self._validate_policy(arm_policy)
+            if decision_log is not None:
+                decision_log.register(experiment)
+        self.experiment = experiment
+        self.decision_log = decision_log
 
     # --------------------------------------------------------------------------- building
     @classmethod
@@ -125,9 +144,32 @@ class Router:
             retriever = load_knowledge_base(
                 config.retrieval.knowledge_base, config.retrieval.embedding_model
             )
-        return cls(lm, policy, retriever, config=config, generator=generator)
+        experiment = decision_log = None
+        if config.experiment is not None:
+            from knowgate.experiments import DecisionLog, Experiment
+
+            experiment = Experiment.from_spec(
+                config.experiment, model_id=lm.model_id, force=config.policy.force
+            )
+            if config.experiment.decision_log is not None:
+                decision_log = DecisionLog(config.experiment.decision_log)
+        return cls(
+            lm,
+            policy,
+            retriever,
+            config=config,
+            generator=generator,
+            experiment=experiment,
+            decision_log=decision_log,
+        )
 
     def _checked_policy(self, policy: Policy) -> Policy:
+        self._validate_policy(policy)
+        if self.config.policy.threshold is not None:
+            policy = policy.with_threshold(self.config.policy.threshold)
+        return policy
+
+    def _validate_policy(self, policy: Policy) -> None:
         if not isinstance(policy, Policy):
             raise ConfigError(f"policy must be a knowgate Policy, got {type(policy).__name__}")
         if (
@@ -158,9 +200,6 @@ class Router:
                 f"gate cannot see them. Use gate.mode: draft, or a policy fitted on prefill "
                 f"features."
             )
-        if self.config.policy.threshold is not None:
-            policy = policy.with_threshold(self.config.policy.threshold)
-        return policy
 
     @property
     def mode(self) -> GateMode:
@@ -175,20 +214,28 @@ class Router:
         threshold: float | None = None,
         policy: Policy | None = None,
         metadata: Mapping[str, Any] | None = None,
+        unit_id: str | int | None = None,
     ) -> RoutedAnswer:
         """Answer one query, retrieving only if the policy judges the model not to know it.
 
         Args:
             query: the user's question.
             threshold: per-request override of the p_known threshold.
-            policy: per-request policy (e.g. an experiment arm); checked like the default.
+            policy: per-request policy; checked like the default. It bypasses a configured
+                experiment (the request is neither assigned nor logged).
             metadata: optional question metadata for question-only features.
+            unit_id: the experiment unit (user, session) that picks the arm; ``None`` gets a
+                random id, recorded as such. Ignored without an experiment.
 
         Raises:
             InputError: the query is empty, not a string, or too long.
         """
         return self.route_batch(
-            [query], threshold=threshold, policy=policy, metadata=[metadata] if metadata else None
+            [query],
+            threshold=threshold,
+            policy=policy,
+            metadata=[metadata] if metadata else None,
+            unit_ids=[unit_id] if unit_id is not None else None,
         )[0]
 
     def route_batch(
@@ -199,21 +246,49 @@ class Router:
         policy: Policy | None = None,
         policies: Sequence[Policy] | None = None,
         metadata: Sequence[Mapping[str, Any] | None] | None = None,
+        unit_ids: Sequence[str | int | None] | None = None,
     ) -> list[RoutedAnswer]:
         """Answer many queries; prefill, decode and retrieval run in batches.
 
+        With an experiment configured (and no ``policy``/``policies``), each query's unit id
+        picks its arm, the arm goes into ``RoutedAnswer.extra["experiment"]``, and the batch
+        is logged to the decision log in one transaction.
+
         Args:
             queries: the questions.
-            threshold: p_known threshold override for every query.
-            policy: one policy for every query instead of the router's.
-            policies: one policy per query (A/B arms); excludes ``policy``.
+            threshold: p_known threshold override for every query (not with an experiment:
+                it would change the arms' policies).
+            policy: one policy for every query instead of the router's (bypasses the
+                experiment).
+            policies: one policy per query; excludes ``policy`` (bypasses the experiment).
             metadata: per-query metadata for question-only features.
+            unit_ids: per-query experiment unit ids (``None`` entries get random ids).
+
+        Raises:
+            InputError: bad queries, or mismatched lengths of the per-query arguments.
+            ExperimentError: a unit id is invalid, or the decision log cannot be written.
         """
         self._validate_queries(queries)
         n = len(queries)
         if policies is not None and policy is not None:
             raise InputError("give policy or policies, not both")
-        if policies is None:
+        if unit_ids is not None and (
+            isinstance(unit_ids, str) or not isinstance(unit_ids, Sequence) or len(unit_ids) != n
+        ):
+            raise InputError(f"unit_ids must be a list with one entry per query ({n})")
+        assignments = None
+        if self.experiment is not None and policy is None and policies is None:
+            if threshold is not None:
+                raise InputError(
+                    f"a threshold override would change the policies of experiment "
+                    f"{self.experiment.name!r}; set thresholds in the arms' definitions"
+                )
+            ids = list(unit_ids) if unit_ids is not None else [None] * n
+            assignments = [self.experiment.assign(u) for u in ids]
+        if assignments is not None and self.experiment is not None:
+            arms = self.experiment.arms
+            policies = [arms[a.arm] for a in assignments]  # validated at construction
+        elif policies is None:
             base = self._checked_policy(policy) if policy is not None else self.policy
             policies = [base] * n
         else:
@@ -222,7 +297,9 @@ class Router:
             policies = [self._checked_policy(p) for p in policies]
         if threshold is not None:
             policies = [p.with_threshold(threshold) for p in policies]
-        meta = list(metadata) if metadata is not None else [None] * n
+        meta: list[Mapping[str, Any] | None] = (
+            list(metadata) if metadata is not None else [None] * n
+        )
         if len(meta) != n:
             raise InputError(f"{len(meta)} metadata entries for {n} queries")
         size = self.config.model.generation.batch_size
@@ -232,6 +309,11 @@ class Router:
             out.extend(
                 self._route_chunk(list(queries[start:stop]), policies[start:stop], meta[start:stop])
             )
+        if assignments is not None:
+            for routed, assignment in zip(out, assignments, strict=True):
+                routed.extra["experiment"] = assignment.to_dict()
+            if self.decision_log is not None:
+                self.decision_log.record(out)
         return out
 
     async def aroute(self, query: str, **kwargs: Any) -> RoutedAnswer:
@@ -273,7 +355,7 @@ class Router:
             self.model.model_id,
         )
 
-    def as_runnable(self, *, output: str = "answer") -> Any:
+    def as_runnable(self, *, output: Literal["answer", "routed"] = "answer") -> Any:
         """A LangChain Runnable that routes (see :mod:`knowgate.integrations.langchain`)."""
         from knowgate.integrations.langchain import KnowgateRunnable
 

@@ -1,5 +1,6 @@
 """Signals: pure functions from captured activations and token statistics to named features."""
 
+from knowgate.signals import sparsity, uncertainty
 from knowgate.signals.capture import ForwardCapture, TokenStats
 from knowgate.signals.registry import (
     FeatureSpec,
@@ -21,4 +22,6 @@ __all__ = [
     "feature_specs",
     "register_sparsity_metric",
     "register_uncertainty_feature",
+    "sparsity",
+    "uncertainty",
 ]

@@ -20,12 +20,12 @@ from pydantic import Field, field_validator
 
 from knowgate.errors import SignalError
 from knowgate.schema import StrictModel
-from knowgate.signals import sparsity, uncertainty
+from knowgate.signals import question, sparsity, uncertainty
 from knowgate.signals.capture import ForwardCapture, TokenStats
 
 Site = Literal["hidden", "mlp"]
 Stage = Literal["prefill", "draft"]
-Family = Literal["sparsity", "uncertainty"]
+Family = Literal["sparsity", "uncertainty", "question"]
 Aggregate = Literal["last", "mid", "mean"]
 
 SparsityFn = Callable[[NDArray[np.floating], "SignalConfig"], NDArray[np.float64]]
@@ -92,7 +92,9 @@ def register_sparsity_metric(
     _SPARSITY[name] = _SparsityMetric(fn, sites, description)
 
 
-def register_uncertainty_feature(name: str, fn: UncertaintyFn, stage: Stage, description: str) -> None:
+def register_uncertainty_feature(
+    name: str, fn: UncertaintyFn, stage: Stage, description: str
+) -> None:
     """Add an uncertainty feature computed from the prompt-end (prefill) or draft token stats."""
     if name in _UNCERTAINTY:
         raise SignalError(f"uncertainty feature {name!r} is already registered")
@@ -181,6 +183,11 @@ def feature_specs(config: SignalConfig | None = None) -> dict[str, FeatureSpec]:
                 specs[name] = FeatureSpec(name, "sparsity", "prefill", f"{m.description}; {suffix}")
     for name, u in _UNCERTAINTY.items():
         specs[name] = FeatureSpec(name, "uncertainty", u.stage, u.description)
+    # Question-only features need no forward pass (available before generation); they are
+    # computed from the question by signals.question.compute_question_features, not by
+    # compute_features(capture).
+    for name, description in question.QUESTION_FEATURES.items():
+        specs[name] = FeatureSpec(name, "question", "prefill", description)
     return specs
 
 

@@ -1,0 +1,183 @@
+"""``knowgate calibrate``: fit a fused, calibrated gating policy on labelled closed-book runs."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from knowgate.cli.app import app
+from knowgate.cli.common import console, load_language_model, user_errors
+from knowgate.models.config import DEFAULT_MODEL
+
+
+@app.command()
+def calibrate(
+    model: str = typer.Option(
+        DEFAULT_MODEL, "--model", "-m", help="Packaged name, hub id, local dir or .gguf file."
+    ),
+    data: list[str] = typer.Option(
+        ...,
+        "--data",
+        "-d",
+        help="FlashRAG-style JSONL file, or a name under <data dir>/qa (popqa_random); repeat "
+        "or comma-separate for several.",
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the policy JSON."),
+    features: list[str] = typer.Option(
+        ["prefill"],
+        "--features",
+        "-f",
+        help="Feature names or groups (prefill, draft, sparsity, uncertainty, question, model, "
+        "all); repeat or comma-separate. Default: prefill = every model signal available "
+        "before generation.",
+    ),
+    calibration: str = typer.Option(
+        "isotonic", "--calibration", help="isotonic | sigmoid | temperature | none"
+    ),
+    operating_point: str = typer.Option(
+        "probability:0.5",
+        "--operating-point",
+        help="probability:P | budget:RATE | accuracy:TARGET[:DELTA] | cost:C_RETRIEVE:C_WRONG",
+    ),
+    report: Path | None = typer.Option(
+        None, "--report", help="Directory for report.md/.json and reliability/ROC PNGs."
+    ),
+    limit: int | None = typer.Option(
+        None, "--limit", min=1, help="Use only the first N questions of each file."
+    ),
+    cache_dir: Path | None = typer.Option(
+        None, "--cache-dir", help="Closed-book cache root (default runs/closed_book)."
+    ),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="Root of the shared data for bare names ($KNOWGATE_DATA_DIR)."
+    ),
+    folds: int = typer.Option(5, "--folds", min=2, help="Cross-validation folds."),
+    seed: int = typer.Option(0, "--seed", help="Split seed."),
+    bootstrap: int = typer.Option(
+        1000, "--bootstrap", min=0, help="Bootstrap resamples for AUROC intervals (0 = off)."
+    ),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Prompts per pass."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Run the data closed-book (cached), cross-validate the signals, fit and save a policy."""
+    from knowgate.evaluation.calibration_report import write_report
+    from knowgate.evaluation.calibration_study import build_table, resolve_features, run_study
+    from knowgate.evaluation.closed_book import run_closed_book
+    from knowgate.evaluation.datasets import load_dataset
+    from knowgate.policy import fit_fused, parse_operating_point
+    from knowgate.policy.calibration import CALIBRATION_METHODS
+
+    with user_errors():
+        if calibration not in CALIBRATION_METHODS:
+            from knowgate.errors import ConfigError
+
+            raise ConfigError(
+                f"--calibration must be one of {', '.join(CALIBRATION_METHODS)}, "
+                f"got {calibration!r}"
+            )
+        op = parse_operating_point(operating_point)
+        names = [p.strip() for item in data for p in item.split(",") if p.strip()]
+        datasets = [load_dataset(n, limit=limit, data_dir=data_dir) for n in names]
+        started = time.perf_counter()
+        lm = load_language_model(model)
+        records = []
+        for ds in datasets:
+            records.extend(
+                run_closed_book(
+                    lm, ds, cache_dir=cache_dir, batch_size=batch_size, progress=progress
+                )
+            )
+        table = build_table(records)
+        selected = resolve_features(table, features)
+        result = run_study(
+            table,
+            selected,
+            calibration=calibration,
+            n_splits=folds,
+            seed=seed,
+            bootstrap_resamples=bootstrap,
+            progress=progress,
+        )
+        sel = result.summary["fused"]["selected"]
+        generation = lm.config.generation
+        prompt_config = {
+            "prompt": lm.config.prompt.model_dump(mode="json"),
+            "style": lm.formatter.style,
+            "max_new_tokens": generation.max_new_tokens,
+            "stop_at_newline": generation.stop_at_newline,
+        }
+        training = {
+            "label": "closed-book In-Accuracy (echo-guarded), see knowgate.evaluation.scoring",
+            "options": {
+                "model": model,
+                "data": names,
+                "features": list(features),
+                "calibration": calibration,
+                "operating_point": operating_point,
+                "limit": limit,
+                "folds": folds,
+                "seed": seed,
+            },
+            "datasets": [
+                {"name": ds.name, "content_hash": ds.content_hash, "n": len(ds)} for ds in datasets
+            ],
+            "held_out_metrics": {
+                k: sel[k]
+                for k in (
+                    "auroc",
+                    "auroc_ci95",
+                    "auroc_within_relation",
+                    "auroc_per_dataset",
+                    "ece_before",
+                    "ece_after",
+                    "brier_before",
+                    "brier_after",
+                    "brier_skill_after",
+                )
+            },
+            "best_single_selected_feature": result.summary["best_single_selected_feature"],
+        }
+        fitted = fit_fused(
+            table.matrix(selected),
+            table.y,
+            selected,
+            calibration=calibration,
+            operating_point=op,
+            groups=table.groups,
+            n_splits=folds,
+            seed=seed,
+            model_id=lm.model_id,
+            prompt_config=prompt_config,
+            training=training,
+        )
+        fitted.policy.save(out)
+        if report is not None:
+            extra = {
+                "model_id": lm.model_id,
+                "policy_id": fitted.policy.policy_id,
+                "policy_path": str(out),
+                "operating_point": operating_point,
+                "threshold": fitted.policy.threshold,
+                "threshold_choice": fitted.policy.training["threshold_choice"]
+                if fitted.policy.training
+                else None,
+            }
+            write_report(table, result, report, extra=extra)
+    seconds = time.perf_counter() - started
+    choice = fitted.threshold_choice
+    best = result.summary["best_single_selected_feature"] or {}
+    best_text = f"{best.get('feature')} {best.get('auroc_held_out')}" if best else "-"
+    console.print(
+        f"[bold]{fitted.policy.policy_id}[/] -> {out}\n"
+        f"  {len(table.y)} questions, closed-book accuracy {table.y.mean():.3f}; "
+        f"{len(selected)} features; held-out AUROC {sel['auroc']} "
+        f"(best single selected feature: {best_text}), "
+        f"ECE {sel['ece_before']} -> {sel['ece_after']} ({calibration})\n"
+        f"  threshold {fitted.policy.threshold:.4f} ({operating_point}): retrieves "
+        f"{choice.retrieval_rate:.1%} of calibration questions"
+        + (f"; report in {report}" if report is not None else "")
+        + f" [{seconds:.0f} s]",
+        highlight=False,
+    )

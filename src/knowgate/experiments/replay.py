@@ -1,0 +1,424 @@
+"""Offline replay: judge candidate policies on cached both-branch results before any traffic.
+
+The benchmark answers every question twice - closed-book and with retrieval - and caches both
+results with the gate's features. A policy's outcome on a question is then known exactly
+without running the model: the retrieval branch's result when it retrieves, the closed-book
+one when it does not. Two policies are compared *paired*, on the same questions, which is
+far more sensitive than an A/B test of the same size: McNemar's test on correctness and on the
+retrieve decision, Wilcoxon's signed-rank test on wall time.
+
+Cache schema (``both_branches.jsonl`` in the cache directory, one JSON object per question)::
+
+    {
+      "id": "popqa_random/4121",          # unique in the file
+      "dataset": "popqa_random",          # optional
+      "model_id": "smollm2-135m",         # optional; the model whose features these are
+      "closed_book_correct": false,        # JSON true/false
+      "closed_book_score": 0.0,            # optional: e.g. token F1; null if not scored
+      "retrieval_correct": true,
+      "retrieval_score": 1.0,              # optional
+      "closed_book_seconds": 0.142,        # wall time of a request answered closed-book
+      "retrieval_seconds": 0.388,          # wall time of a request that retrieves
+      "features": {"next_token_max_prob": 0.41, "hidden_hoyer_last": 0.27, ...}
+    }
+
+Both times are of the whole request as the router would serve it (gate prefill included), so
+a replayed policy's wall time per question is ``retrieval_seconds`` when it retrieves and
+``closed_book_seconds`` otherwise. ``features`` holds every signal the gate computed (``null``
+for a value that could not be computed); the replay adds ``oracle_correct`` (the closed-book
+label) so the oracle policy can be replayed as a ceiling.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field, StrictBool, ValidationError
+
+from knowgate.errors import ExperimentError, PolicyError
+from knowgate.experiments.formatting import format_difference, interval_text, table
+from knowgate.experiments.statistics import (
+    Difference,
+    Estimate,
+    holm_adjust,
+    mean_interval,
+    paired_binary,
+    paired_continuous,
+    proportion,
+)
+from knowgate.experiments.verdict import verdict
+from knowgate.policy import ORACLE_FEATURE, Policy
+from knowgate.schema import StrictModel
+
+CACHE_FILE = "both_branches.jsonl"
+
+
+class BothBranchRecord(StrictModel):
+    """One question's cached results on both branches (see the module docstring)."""
+
+    id: str = Field(min_length=1)
+    dataset: str | None = None
+    model_id: str | None = None
+    closed_book_correct: StrictBool
+    closed_book_score: float | None = Field(default=None, allow_inf_nan=False)
+    retrieval_correct: StrictBool
+    retrieval_score: float | None = Field(default=None, allow_inf_nan=False)
+    closed_book_seconds: float = Field(ge=0.0, allow_inf_nan=False)
+    retrieval_seconds: float = Field(ge=0.0, allow_inf_nan=False)
+    features: dict[str, float | None] = Field(default_factory=dict)
+
+    def gate_features(self) -> dict[str, float]:
+        """The features a policy sees: computed values plus ``oracle_correct``."""
+        out = {k: v for k, v in self.features.items() if v is not None}
+        out.setdefault(ORACLE_FEATURE, float(self.closed_book_correct))
+        return out
+
+
+def cache_path(cache: str | Path) -> Path:
+    """The JSONL file of a cache directory (or the file itself when given)."""
+    path = Path(cache)
+    return path / CACHE_FILE if path.is_dir() else path
+
+
+def read_both_branches(cache: str | Path) -> list[BothBranchRecord]:
+    """Read and validate a both-branch cache.
+
+    Raises:
+        ExperimentError: missing or empty file, bad JSON, a row off the schema (with its line
+            number), duplicate ids, or rows of different models.
+    """
+    path = cache_path(cache)
+    if not path.is_file():
+        raise ExperimentError(
+            f"both-branch cache not found: {path} (the benchmark writes {CACHE_FILE} into its "
+            "cache directory)"
+        )
+    records: list[BothBranchRecord] = []
+    seen: dict[str, int] = {}
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ExperimentError(f"{where}: not valid JSON ({exc.msg})") from exc
+            if not isinstance(raw, dict):
+                raise ExperimentError(f"{where}: expected a JSON object")
+            try:
+                record = BothBranchRecord.model_validate(raw)
+            except ValidationError as exc:
+                problems = "; ".join(
+                    f"{'.'.join(str(p) for p in e['loc']) or '<row>'}: "
+                    + ("unknown key" if e["type"] == "extra_forbidden" else e["msg"])
+                    for e in exc.errors()
+                )
+                raise ExperimentError(f"{where}: {problems}") from exc
+            if record.id in seen:
+                raise ExperimentError(
+                    f"{where}: duplicate id {record.id!r} (first on line {seen[record.id]})"
+                )
+            seen[record.id] = lineno
+            records.append(record)
+    if not records:
+        raise ExperimentError(f"both-branch cache is empty: {path}")
+    models = {r.model_id for r in records if r.model_id is not None}
+    if len(models) > 1:
+        raise ExperimentError(f"{path} mixes rows of several models: {sorted(models)}")
+    return records
+
+
+@dataclass(frozen=True)
+class PolicyOutcome:
+    """What one policy would have done on the cached questions.
+
+    Attributes:
+        label: the policy's name in this replay.
+        policy_id: its id.
+        questions: questions replayed.
+        accuracy: share answered correctly.
+        retrieval_rate: share sent to the retriever.
+        wall_time_s: mean wall time per question.
+        total_time_s: summed wall time.
+        score: mean score, when every row has both scores.
+    """
+
+    label: str
+    policy_id: str
+    questions: int
+    accuracy: Estimate
+    retrieval_rate: Estimate
+    wall_time_s: Estimate
+    total_time_s: float
+    score: Estimate | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {
+            k: (v.to_dict() if isinstance(v, Estimate) else v) for k, v in self.__dict__.items()
+        }
+
+
+@dataclass(frozen=True)
+class ReplayReport:
+    """Paired comparison of policies on one both-branch cache (see :func:`replay`)."""
+
+    cache: str
+    questions: int
+    model_id: str | None
+    control: str
+    alpha: float
+    margin: float
+    policies: list[PolicyOutcome]
+    references: dict[str, dict[str, float]]
+    comparisons: dict[str, list[Difference]]
+    verdict: str
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (``knowgate ab replay --json``)."""
+        return {
+            "cache": self.cache,
+            "questions": self.questions,
+            "model_id": self.model_id,
+            "control": self.control,
+            "alpha": self.alpha,
+            "margin": self.margin,
+            "policies": [p.to_dict() for p in self.policies],
+            "references": self.references,
+            "comparisons": {k: [d.to_dict() for d in v] for k, v in self.comparisons.items()},
+            "verdict": self.verdict,
+            "notes": self.notes,
+        }
+
+    def to_text(self, width: int = 100) -> str:
+        """Plain-text rendering."""
+        return format_replay(self, width=width)
+
+
+@dataclass(frozen=True)
+class _Replayed:
+    correct: np.ndarray
+    retrieve: np.ndarray
+    seconds: np.ndarray
+    score: np.ndarray | None
+
+
+def _run_policy(
+    label: str,
+    policy: Policy,
+    records: Sequence[BothBranchRecord],
+    features: list[dict[str, float]],
+    *,
+    force: bool,
+) -> _Replayed:
+    model = records[0].model_id
+    mismatch = policy.model_id is not None and model is not None and policy.model_id != model
+    if mismatch and not force:
+        raise PolicyError(
+            f"policy {label} ({policy.policy_id}) was fitted for model {policy.model_id!r}, "
+            f"but the cache holds {model!r} features; its decisions would be meaningless "
+            "(force=True / --force-policy to replay anyway)"
+        )
+    try:
+        decisions = policy.decide_batch(features)
+    except PolicyError as exc:
+        raise PolicyError(f"policy {label} cannot be replayed on this cache: {exc}") from exc
+    retrieve = np.array([d.retrieve for d in decisions], dtype=bool)
+    cb = np.array([r.closed_book_correct for r in records], dtype=bool)
+    rag = np.array([r.retrieval_correct for r in records], dtype=bool)
+    cb_t = np.array([r.closed_book_seconds for r in records], dtype=np.float64)
+    rag_t = np.array([r.retrieval_seconds for r in records], dtype=np.float64)
+    score = None
+    if all(r.closed_book_score is not None and r.retrieval_score is not None for r in records):
+        cb_s = np.array([r.closed_book_score for r in records], dtype=np.float64)
+        rag_s = np.array([r.retrieval_score for r in records], dtype=np.float64)
+        score = np.where(retrieve, rag_s, cb_s)
+    return _Replayed(
+        correct=np.where(retrieve, rag, cb),
+        retrieve=retrieve,
+        seconds=np.where(retrieve, rag_t, cb_t),
+        score=score,
+    )
+
+
+def replay(
+    records: Sequence[BothBranchRecord],
+    policies: Mapping[str, Policy],
+    *,
+    alpha: float = 0.05,
+    margin: float = 0.02,
+    force: bool = False,
+    seed: int = 0,
+    cache: str = "",
+) -> ReplayReport:
+    """Replay policies on cached both-branch results and compare each with the first.
+
+    Args:
+        records: the cache (:func:`read_both_branches`).
+        policies: label -> policy, at least one; the first is the control.
+        alpha: significance level.
+        margin: accuracy margin within which a cheaper policy wins (see
+            :mod:`knowgate.experiments.verdict`).
+        force: replay policies fitted for another model than the cache's.
+        seed: bootstrap seed.
+        cache: where the records came from (for the report).
+
+    Raises:
+        ExperimentError: no records or policies, bad alpha/margin.
+        PolicyError: a policy needs a feature the cache lacks, or was fitted for another model.
+    """
+    if not records:
+        raise ExperimentError("nothing to replay: the cache has no rows")
+    if not policies:
+        raise ExperimentError("give at least one policy to replay")
+    if not 0 < alpha < 1 or not 0 < margin < 1:
+        raise ExperimentError(f"alpha and margin must be in (0, 1), got {alpha}, {margin}")
+    features = [r.gate_features() for r in records]
+    replayed = {
+        label: _run_policy(label, p, records, features, force=force)
+        for label, p in policies.items()
+    }
+    outcomes = [
+        PolicyOutcome(
+            label=label,
+            policy_id=policies[label].policy_id,
+            questions=len(records),
+            accuracy=proportion(int(r.correct.sum()), len(records), alpha),
+            retrieval_rate=proportion(int(r.retrieve.sum()), len(records), alpha),
+            wall_time_s=mean_interval(r.seconds, alpha),
+            total_time_s=float(r.seconds.sum()),
+            score=mean_interval(r.score, alpha) if r.score is not None else None,
+        )
+        for label, r in replayed.items()
+    ]
+    labels = list(policies)
+    control = labels[0]
+    base = replayed[control]
+    raw: list[tuple[str, Difference]] = []
+    for label in labels[1:]:
+        r = replayed[label]
+        raw.append(
+            (label, paired_binary("accuracy", base.correct, r.correct, alpha=alpha, seed=seed))
+        )
+        raw.append(
+            (
+                label,
+                paired_binary(
+                    "retrieval_rate",
+                    base.retrieve,
+                    r.retrieve,
+                    alpha=alpha,
+                    lower_is_better=True,
+                    seed=seed,
+                ),
+            )
+        )
+        raw.append(
+            (
+                label,
+                paired_continuous(
+                    "wall_time_s",
+                    base.seconds,
+                    r.seconds,
+                    alpha=alpha,
+                    lower_is_better=True,
+                    seed=seed,
+                ),
+            )
+        )
+        if base.score is not None and r.score is not None:
+            raw.append(
+                (label, paired_continuous("score", base.score, r.score, alpha=alpha, seed=seed))
+            )
+    adjusted = holm_adjust([d for _, d in raw])
+    comparisons: dict[str, list[Difference]] = {label: [] for label in labels[1:]}
+    for (label, _), d in zip(raw, adjusted, strict=True):
+        comparisons[label].append(d)
+    cb = np.array([r.closed_book_correct for r in records], dtype=bool)
+    rag = np.array([r.retrieval_correct for r in records], dtype=bool)
+    references = {
+        "never": {"accuracy": float(cb.mean()), "retrieval_rate": 0.0},
+        "always": {"accuracy": float(rag.mean()), "retrieval_rate": 1.0},
+        "oracle": {"accuracy": float((cb | rag).mean()), "retrieval_rate": float((~cb).mean())},
+    }
+    notes = []
+    if len(labels) == 1:
+        text = f"Only one policy ({control}) was given; nothing to compare."
+    else:
+        text = verdict(control, comparisons, alpha=alpha, margin=margin)
+        notes.append(
+            "Paired on the same questions; intervals are 95% paired-bootstrap intervals and "
+            "p-values are Holm-adjusted across all comparisons."
+        )
+    return ReplayReport(
+        cache=cache,
+        questions=len(records),
+        model_id=records[0].model_id,
+        control=control,
+        alpha=alpha,
+        margin=margin,
+        policies=outcomes,
+        references=references,
+        comparisons=comparisons,
+        verdict=text,
+        notes=notes,
+    )
+
+
+def format_replay(report: ReplayReport, width: int = 100) -> str:
+    """Plain-text rendering: per-policy table, references, paired comparisons, verdict."""
+    conf = f"{1 - report.alpha:.0%} CI"
+    model = f", model {report.model_id}" if report.model_id else ""
+    lines = [f"Offline replay of {report.questions} questions ({report.cache}{model})", ""]
+    scored = any(p.score is not None for p in report.policies)
+    lines += table(
+        [
+            "policy",
+            f"accuracy [{conf}]",
+            f"retrieval rate [{conf}]",
+            "ms/question",
+            "total s",
+            *(["mean score"] if scored else []),
+            "policy id",
+        ],
+        [
+            [
+                p.label,
+                interval_text(p.accuracy, "rate"),
+                interval_text(p.retrieval_rate, "rate"),
+                interval_text(p.wall_time_s, "s"),
+                f"{p.total_time_s:.1f}",
+                *([interval_text(p.score, "number")] if scored else []),
+                p.policy_id,
+            ]
+            for p in report.policies
+        ],
+    )
+    refs = ", ".join(
+        f"{name} {r['accuracy']:.1%} at {r['retrieval_rate']:.0%} retrieval"
+        for name, r in report.references.items()
+    )
+    lines += ["", f"References on this cache: {refs}."]
+    rows = [
+        [f"{label} - {report.control}", *format_difference(d)]
+        for label, diffs in report.comparisons.items()
+        for d in diffs
+    ]
+    if rows:
+        lines.append("")
+        lines += table(
+            ["comparison", "metric", "control", "treatment", "difference [CI]", "p", "p (Holm)"],
+            rows,
+        )
+    lines += [f"Note: {n}" for n in report.notes]
+    lines.append("")
+    lines += textwrap.wrap("Verdict: " + report.verdict, width=width, break_on_hyphens=False)
+    return "\n".join(lines)

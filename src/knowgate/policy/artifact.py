@@ -1,0 +1,156 @@
+"""Versioned, human-readable policy artifacts (JSON; never pickle).
+
+Layout (format version 1)::
+
+    {
+      "format": "knowgate-policy", "format_version": 1,
+      "policy": "fused", "policy_id": "fused-v1:smollm2-135m:3f2a9c",
+      "model_id": "smollm2-135m", "prompt_config": {...},
+      "required_features": ["next_token_entropy", ...],
+      "params": {"scorer": {...}, "calibrator": {"method": "isotonic", ...}},
+      "threshold": 0.31, "operating_point": {"kind": "budget", ...},
+      "training": {"n_samples": 2936, "n_positive": 312, "metrics": {...}},
+      "created": "2026-...Z", "knowgate_version": "0.1.0"
+    }
+
+Loading validates every field (unknown keys, wrong types, non-finite numbers, non-monotone
+isotonic breakpoints, a ``policy_id`` that does not match the contents) and raises
+:class:`~knowgate.errors.PolicyError` saying what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field, ValidationError
+
+from knowgate.errors import ConfigError, PolicyError
+from knowgate.policy.operating_points import OperatingPoint, operating_point_from_dict
+from knowgate.schema import StrictModel
+
+if TYPE_CHECKING:
+    from knowgate.policy.base import Policy
+
+ARTIFACT_FORMAT = "knowgate-policy"
+FORMAT_VERSION = 1
+
+
+class PolicyArtifact(StrictModel):
+    """The envelope every saved policy shares (``params`` is validated by the policy class)."""
+
+    format: Literal["knowgate-policy"]
+    format_version: int
+    policy: str = Field(min_length=1)
+    policy_id: str = Field(min_length=1)
+    model_id: str | None = None
+    prompt_config: dict[str, Any] | None = None
+    required_features: tuple[str, ...] = ()
+    params: dict[str, Any] = Field(default_factory=dict)
+    threshold: float | None = Field(default=None, allow_inf_nan=False)
+    operating_point: dict[str, Any] | None = None
+    training: dict[str, Any] | None = None
+    created: str | None = None
+    knowgate_version: str | None = None
+
+
+def policy_to_artifact(policy: Policy) -> dict[str, Any]:
+    """The artifact dict of ``policy``."""
+    from knowgate import __version__
+
+    op: OperatingPoint | None = policy.operating_point
+    return {
+        "format": ARTIFACT_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "policy": policy.name,
+        "policy_id": policy.policy_id,
+        "model_id": policy.model_id,
+        "prompt_config": dict(policy.prompt_config) if policy.prompt_config else None,
+        "required_features": list(policy.required_features),
+        "params": policy.params(),
+        "threshold": policy.threshold,
+        "operating_point": op.model_dump(mode="json") if op is not None else None,
+        "training": dict(policy.training) if policy.training else None,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "knowgate_version": __version__,
+    }
+
+
+def save_artifact(artifact: dict[str, Any], path: Path) -> None:
+    """Write JSON atomically (temporary file + rename in the same directory)."""
+    try:
+        text = json.dumps(artifact, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+    except (TypeError, ValueError) as exc:
+        raise PolicyError(f"policy cannot be saved as strict JSON: {exc}") from exc
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; these files are meant to be shared
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _reject_constants(token: str) -> float:
+    raise ValueError(f"{token} is not allowed in a policy artifact")
+
+
+def read_artifact(path: str | Path) -> dict[str, Any]:
+    """Read a policy JSON file (strict JSON: no NaN/Infinity)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PolicyError(f"policy file not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constants)
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
+        raise PolicyError(f"{path}: not a valid policy JSON file ({exc})") from exc
+    if not isinstance(data, dict):
+        raise PolicyError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def validate_envelope(data: dict[str, Any], source: str) -> PolicyArtifact:
+    """Check the format marker and version before anything else, then every envelope field."""
+    if data.get("format") != ARTIFACT_FORMAT:
+        raise PolicyError(
+            f"{source}: not a knowgate policy (expected format {ARTIFACT_FORMAT!r}, "
+            f"got {data.get('format')!r})"
+        )
+    version = data.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise PolicyError(f"{source}: format_version must be an integer, got {version!r}")
+    if version != FORMAT_VERSION:
+        newer = " (written by a newer knowgate?)" if version > FORMAT_VERSION else ""
+        raise PolicyError(
+            f"{source}: unsupported policy format_version {version}{newer}; "
+            f"this knowgate reads version {FORMAT_VERSION}"
+        )
+    try:
+        return PolicyArtifact.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: "
+            + ("unknown key" if e["type"] == "extra_forbidden" else e["msg"])
+            for e in exc.errors()
+        )
+        raise PolicyError(f"{source}: invalid policy artifact: {problems}") from exc
+
+
+def parse_operating_point(data: dict[str, Any] | None, source: str) -> OperatingPoint | None:
+    """The artifact's operating point, validated."""
+    if data is None:
+        return None
+    try:
+        return operating_point_from_dict(data)
+    except ConfigError as exc:
+        raise PolicyError(f"{source}: {exc}") from exc

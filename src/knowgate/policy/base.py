@@ -1,0 +1,166 @@
+"""The one interface every gating policy implements: features in, :class:`Decision` out.
+
+Policies are pure: they see feature dictionaries (or matrices built from them), never a model.
+Inputs are validated strictly - a missing feature, a non-number or a NaN is a
+:class:`~knowgate.errors.PolicyError` naming the feature - because a silently imputed signal
+would make a retrieval decision no one can explain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import numbers
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from knowgate.errors import PolicyError
+from knowgate.policy.decision import Decision
+
+if TYPE_CHECKING:
+    from knowgate.policy.operating_points import OperatingPoint
+
+
+def feature_value(features: Mapping[str, Any], name: str, policy_id: str) -> float:
+    """One validated feature value: present, a real number (not bool), finite."""
+    if name not in features:
+        raise PolicyError(f"policy {policy_id} needs feature {name!r}, which is missing")
+    value = features[name]
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise PolicyError(
+            f"policy {policy_id}: feature {name!r} must be a number, got {type(value).__name__}"
+        )
+    value = float(value)
+    if not math.isfinite(value):
+        raise PolicyError(f"policy {policy_id}: feature {name!r} is {value} (must be finite)")
+    return value
+
+
+def feature_matrix(
+    rows: Sequence[Mapping[str, Any]], names: Sequence[str], policy_id: str
+) -> NDArray[np.float64]:
+    """``[len(rows), len(names)]`` matrix of validated feature values."""
+    if isinstance(rows, Mapping):
+        raise PolicyError("decide_batch takes a sequence of feature mappings, not one mapping")
+    out = np.empty((len(rows), len(names)), dtype=np.float64)
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise PolicyError(
+                f"policy {policy_id}: features must be a mapping of name -> number, "
+                f"got {type(row).__name__} (row {i})"
+            )
+        for j, name in enumerate(names):
+            out[i, j] = feature_value(row, name, policy_id)
+    return out
+
+
+def short_model_name(model_id: str | None) -> str:
+    """A readable model tag for ids: the last path component of a hub id or path."""
+    if not model_id:
+        return "any"
+    return model_id.rstrip("/").replace("\\", "/").split("/")[-1] or "any"
+
+
+def content_digest(content: Any, length: int = 6) -> str:
+    """Short SHA-256 of canonical JSON: the part of a policy id that changes with its contents."""
+    blob = json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+class Policy(ABC):
+    """A gating policy: decides per request whether to call the retriever.
+
+    Attributes:
+        name: the registry name (``always``, ``fused``, ...).
+        policy_id: stable, human-readable id, e.g. ``fused-v1:smollm2-135m:3f2a9c``; it changes
+            whenever anything that affects decisions changes (parameters, threshold).
+        required_features: feature names the policy reads (signals-registry names; ``s_pop``
+            and ``oracle_correct`` for the evaluation-only policies).
+        model_id: the model it was fitted for; ``None`` when it is model-agnostic.
+        threshold: the current cut (see :class:`Decision`), or ``None``.
+        operating_point: how ``threshold`` was chosen, when it was fitted.
+        training: free-form record of the fit (sample counts, held-out metrics) kept in artifacts.
+        prompt_config: the prompt configuration of the closed-book runs it was fitted on.
+    """
+
+    name: ClassVar[str]
+    required_features: tuple[str, ...] = ()
+    model_id: str | None = None
+    threshold: float | None = None
+    operating_point: OperatingPoint | None = None
+    training: Mapping[str, Any] | None = None
+    prompt_config: Mapping[str, Any] | None = None
+
+    @property
+    @abstractmethod
+    def policy_id(self) -> str:
+        """Stable id derived from the policy's contents."""
+
+    @abstractmethod
+    def _decide_matrix(self, x: NDArray[np.float64]) -> list[Decision]:
+        """Decisions for validated rows of ``required_features``."""
+
+    @abstractmethod
+    def params(self) -> dict[str, Any]:
+        """The policy-specific parameters, JSON-able (the artifact's ``params``)."""
+
+    def decide(self, features: Mapping[str, Any]) -> Decision:
+        """Decide for one request.
+
+        Raises:
+            PolicyError: a required feature is missing, not a number, or not finite.
+        """
+        if not isinstance(features, Mapping):
+            raise PolicyError(
+                f"policy {self.policy_id}: features must be a mapping of name -> number, "
+                f"got {type(features).__name__}"
+            )
+        return self.decide_batch([features])[0]
+
+    def decide_batch(self, features: Sequence[Mapping[str, Any]]) -> list[Decision]:
+        """Decide for many requests (validated as a whole before any decision is made)."""
+        x = feature_matrix(features, self.required_features, self.policy_id)
+        if x.shape[0] == 0:
+            return []
+        return self._decide_matrix(x)
+
+    def with_threshold(self, threshold: float) -> Policy:
+        """A copy that cuts at ``threshold`` instead (per-request override).
+
+        Raises:
+            PolicyError: the policy has no threshold, or the value is out of range.
+        """
+        raise PolicyError(f"policy {self.name!r} has no threshold to override")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The versioned artifact as a JSON-able dict (see :mod:`knowgate.policy.artifact`)."""
+        from knowgate.policy.artifact import policy_to_artifact
+
+        return policy_to_artifact(self)
+
+    def save(self, path: str | Path) -> None:
+        """Write the policy as versioned, human-readable JSON (atomically; never pickle)."""
+        from knowgate.policy.artifact import save_artifact
+
+        save_artifact(self.to_dict(), Path(path))
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.policy_id}>"
+
+
+def check_threshold(value: Any, *, low: float | None, high: float | None, what: str) -> float:
+    """Validate a threshold override: a finite number within ``[low, high]``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise PolicyError(f"{what} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise PolicyError(f"{what} must be finite, got {value}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise PolicyError(f"{what} must be in [{low}, {high}], got {value}")
+    return value

@@ -1,0 +1,99 @@
+"""Builders shared by the experiments tests: experiments, synthetic decision rows, caches."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from knowgate.experiments import DecisionRow, Experiment
+from knowgate.policy import build_policy
+
+GATE = {"feature": "next_token_max_prob", "direction": "higher_is_known"}
+
+
+def gate_policy(value: float = 0.4):
+    return build_policy("threshold", value=value, **GATE)
+
+
+def two_arm_experiment(name: str = "gate-vs-rag", weights=None, salt=None, value: float = 0.4):
+    return Experiment(
+        name,
+        {"control": build_policy("always"), "gate": gate_policy(value)},
+        weights,
+        salt,
+    )
+
+
+def synthetic_row(
+    experiment: Experiment,
+    request_id: str,
+    unit_id: str,
+    *,
+    retrieve: bool | None = None,
+    latency_ms: float = 100.0,
+    arm: str | None = None,
+) -> DecisionRow:
+    """A decision row as the router would log it (arm from the real assignment unless given)."""
+    a = experiment.assign(unit_id)
+    arm = arm or a.arm
+    retrieve = (arm == experiment.control) if retrieve is None else retrieve
+    return DecisionRow(
+        request_id=request_id,
+        experiment=experiment.name,
+        arm=arm,
+        unit_id=a.unit_id,
+        unit_id_source=a.unit_id_source,
+        bucket=a.bucket,
+        policy_id=experiment.arms[arm].policy_id,
+        config_hash=experiment.config_hash,
+        retrieve=retrieve,
+        retrieved=retrieve,
+        lm_calls=2 if retrieve else 1,
+        retriever_calls=int(retrieve),
+        latency_ms=latency_ms,
+        features={"next_token_max_prob": 0.5},
+        p_known=None,
+        threshold=0.4,
+        calls={"lm": 2 if retrieve else 1, "retriever": int(retrieve)},
+        timings_ms={"prefill": latency_ms / 2, "total": latency_ms},
+        query=f"question {request_id}?",
+        answer=f"answer {request_id}",
+        model="smollm2-135m",
+    )
+
+
+def write_both_branches(path: Path, rows: Iterable[dict]) -> Path:
+    """Write a both-branch cache file (the schema of knowgate.experiments.replay)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
+    return path
+
+
+def both_branch_row(
+    i: int,
+    *,
+    p: float,
+    cb: bool,
+    rag: bool,
+    cb_s: float = 0.1,
+    rag_s: float = 0.3,
+    model_id: str | None = "smollm2-135m",
+    scores: bool = True,
+) -> dict:
+    row = {
+        "id": f"q{i}",
+        "dataset": "synthetic",
+        "model_id": model_id,
+        "closed_book_correct": cb,
+        "retrieval_correct": rag,
+        "closed_book_seconds": cb_s,
+        "retrieval_seconds": rag_s,
+        "features": {"next_token_max_prob": p, "hidden_hoyer_last": None},
+    }
+    if scores:
+        row["closed_book_score"] = float(cb)
+        row["retrieval_score"] = float(rag)
+    return row
