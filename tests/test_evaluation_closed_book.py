@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 import pytest
 
 from knowgate.errors import DataError
+from knowgate.evaluation.answer_cache import read_cache
 from knowgate.evaluation.closed_book import (
     closed_book_cache_path,
     load_closed_book,
-    read_cache,
     run_closed_book,
 )
 from knowgate.evaluation.datasets import load_dataset
@@ -146,7 +146,7 @@ def test_corrupt_cache_is_reported(tmp_path, dataset):
         run_closed_book(lm, dataset, cache_dir=tmp_path, progress=False)
     path.write_text('{"kind": "record"}\n')
     with pytest.raises(DataError, match="not a closed-book cache"):
-        read_cache(path)
+        read_cache(path, "closed-book")
 
 
 def test_load_closed_book_needs_a_complete_cache(tmp_path, dataset):

@@ -214,8 +214,12 @@ def test_rag_prompt_drops_passages_that_do_not_fit(smollm) -> None:
     router = Router(smollm, build_policy("always"), KnowledgeBase.build(long_docs, progress=False))
     routed = router.route("What is in the filler?")
     assert 1 <= len(routed.passages) <= 3  # all fit here (800 chars each); the cut is tested below
-    _, used = router._fit_passages("q", routed.passages * 200)
-    assert used < 600
+    many = routed.passages * 100
+    prompt, used = router._fit_passages("q", many)
+    assert 0 < used < len(many)
+    assert smollm.count_tokens(prompt) <= smollm.max_prompt_tokens
+    over = smollm.format_prompt("q", many[: used + 1])
+    assert smollm.count_tokens(over) > smollm.max_prompt_tokens  # the largest count that fits
 
 
 def test_policy_for_another_model_is_refused(smollm, kb) -> None:

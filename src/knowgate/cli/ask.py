@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -15,6 +15,20 @@ from knowgate.cli.common import print_json, user_errors, with_status
 if TYPE_CHECKING:
     from knowgate.config import RouterConfig
     from knowgate.routing import RoutedAnswer, Router
+
+
+# Router options shared by the commands that build a router (ask, serve).
+ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="Router YAML config.")]
+KbOption = Annotated[
+    Path | None, typer.Option("--kb", help="Knowledge-base directory to retrieve from.")
+]
+PolicyOption = Annotated[Path | None, typer.Option("--policy", help="Fitted policy JSON.")]
+ModeOption = Annotated[str | None, typer.Option("--mode", help="Gate mode: pre or draft.")]
+ModelOption = Annotated[str | None, typer.Option("--model", "-m", help="Model source override.")]
+ThresholdOption = Annotated[
+    float | None, typer.Option("--threshold", help="p_known threshold override.")
+]
+KOption = Annotated[int | None, typer.Option("-k", help="Passages per retrieving request.")]
 
 
 def build_config(
@@ -88,13 +102,13 @@ def print_routed(routed: RoutedAnswer, out: Console) -> None:
 @app.command()
 def ask(
     question: str = typer.Argument(..., help="The question to answer."),
-    kb: Path | None = typer.Option(None, "--kb", help="Knowledge-base directory to retrieve from."),
-    policy: Path | None = typer.Option(None, "--policy", help="Fitted policy JSON."),
-    mode: str | None = typer.Option(None, "--mode", help="Gate mode: pre or draft."),
-    model: str | None = typer.Option(None, "--model", "-m", help="Model source override."),
-    threshold: float | None = typer.Option(None, help="p_known threshold override."),
-    k: int | None = typer.Option(None, "-k", help="Passages per retrieving request."),
-    config_file: Path | None = typer.Option(None, "--config", "-c", help="Router YAML config."),
+    kb: KbOption = None,
+    policy: PolicyOption = None,
+    mode: ModeOption = None,
+    model: ModelOption = None,
+    threshold: ThresholdOption = None,
+    k: KOption = None,
+    config_file: ConfigOption = None,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Answer a question, retrieving only when the model does not know."""

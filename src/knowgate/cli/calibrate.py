@@ -8,7 +8,13 @@ from pathlib import Path
 import typer
 
 from knowgate.cli.app import app
-from knowgate.cli.common import console, load_language_model, user_errors
+from knowgate.cli.common import (
+    check_calibration,
+    console,
+    dataset_names,
+    load_language_model,
+    user_errors,
+)
 from knowgate.models.config import DEFAULT_MODEL
 
 
@@ -67,18 +73,11 @@ def calibrate(
     from knowgate.evaluation.closed_book import run_closed_book
     from knowgate.evaluation.datasets import load_dataset
     from knowgate.policy import fit_fused, parse_operating_point
-    from knowgate.policy.calibration import CALIBRATION_METHODS
 
     with user_errors():
-        if calibration not in CALIBRATION_METHODS:
-            from knowgate.errors import ConfigError
-
-            raise ConfigError(
-                f"--calibration must be one of {', '.join(CALIBRATION_METHODS)}, "
-                f"got {calibration!r}"
-            )
+        check_calibration(calibration)
         op = parse_operating_point(operating_point)
-        names = [p.strip() for item in data for p in item.split(",") if p.strip()]
+        names = dataset_names(data)
         datasets = [load_dataset(n, limit=limit, data_dir=data_dir) for n in names]
         started = time.perf_counter()
         lm = load_language_model(model)

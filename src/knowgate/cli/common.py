@@ -49,3 +49,19 @@ def load_language_model(source: str) -> LanguageModel:
         f"loading {source} (first load dequantizes and caches it)...",
         lambda: LanguageModel.load(source),
     )
+
+
+def check_calibration(method: str) -> None:
+    """Refuse an unknown ``--calibration`` before any model is loaded."""
+    from knowgate.errors import ConfigError
+    from knowgate.policy.calibration import CALIBRATION_METHODS
+
+    if method not in CALIBRATION_METHODS:
+        raise ConfigError(
+            f"--calibration must be one of {', '.join(CALIBRATION_METHODS)}, got {method!r}"
+        )
+
+
+def dataset_names(data: list[str]) -> list[str]:
+    """``--data`` values: repeated and/or comma-separated names or paths, in order."""
+    return [p.strip() for item in data for p in item.split(",") if p.strip()]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,6 +11,7 @@ import numpy as np
 
 from knowgate.evaluation.calibration_study import LabelledTable, StudyResult
 from knowgate.evaluation.metrics import ECE_BINS, reliability_bins
+from knowgate.jsonio import atomic_write_text
 
 PLOTTED_SETS = (
     "uncertainty (prefill)",
@@ -22,18 +21,6 @@ PLOTTED_SETS = (
     "question+uncertainty+sparsity (prefill)",
     "uncertainty+sparsity (prefill+draft)",
 )
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; these files are meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -317,7 +304,9 @@ def write_report(
     """Write ``report.json``, ``report.md``, ``reliability.png`` and ``roc.png`` to ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = {**dict(extra or {}), **result.summary}
-    _atomic_write(out_dir / "report.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    _atomic_write(out_dir / "report.md", render_markdown(summary))
+    atomic_write_text(
+        out_dir / "report.json", json.dumps(summary, indent=2, allow_nan=False) + "\n"
+    )
+    atomic_write_text(out_dir / "report.md", render_markdown(summary))
     names = ["report.json", "report.md", *_plots(table, result, out_dir)]
     return [out_dir / n for n in names]

@@ -9,9 +9,8 @@ is kept on disk:
   for hub ids), the prompt config and a rendered probe prompt (so chat templates count), the
   generation settings that change outputs, the captured layers and feature names, and the
   dataset's content hash. Change any of them and a new file is written; nothing stale is reused.
-- **Append-only JSONL.** The first line is a header with the key material; each batch appends one
-  line per question and is flushed and fsync'ed, so an interruption loses at most the batch in
-  flight. A run resumes by skipping ids already on disk; a torn last line is dropped.
+- **Append-only, resumable** (:mod:`knowgate.evaluation.answer_cache`): a header line with the key
+  material, then one line per question, fsync'ed per batch; a rerun skips ids already on disk.
 - **Scores are recomputed on read** from the stored answer, so fixing the scorer never requires
   re-running the model.
 """
@@ -19,22 +18,22 @@ is kept on disk:
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
-import re
-import tempfile
-import time
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tqdm.auto import tqdm
-
 from knowgate.errors import DataError
+from knowgate.evaluation.answer_cache import (
+    CACHE_FORMAT,
+    cache_key,
+    fill_cache,
+    load_cached_rows,
+    slug,
+)
 from knowgate.evaluation.datasets import QADataset, QAExample
 from knowgate.evaluation.scoring import AnswerScore, score_answer
 
@@ -43,7 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+WHAT = "closed-book"
 RUNS_DIR_ENV_VAR = "KNOWGATE_RUNS_DIR"
 _PROBE_QUESTION = "What is the capital of France?"
 _FINGERPRINTS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
@@ -185,15 +184,6 @@ def cache_key_material(
     }
 
 
-def cache_key(material: Mapping[str, Any]) -> str:
-    """SHA-256 of the canonical JSON of the key material."""
-    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[-60:] or "model"
-
-
 def closed_book_cache_path(
     lm: LanguageModel,
     dataset: QADataset,
@@ -204,58 +194,7 @@ def closed_book_cache_path(
     """Where the closed-book records of ``lm`` on ``dataset`` live."""
     root = Path(cache_dir) if cache_dir is not None else default_runs_dir() / "closed_book"
     key = cache_key(cache_key_material(lm, dataset, max_new_tokens=max_new_tokens))
-    return root / _slug(lm.model_id) / f"{_slug(dataset.name)}-{key[:16]}.jsonl"
-
-
-# ------------------------------------------------------------------------------ reading/writing
-def _iter_cache_lines(path: Path) -> Iterator[tuple[int, int, dict[str, Any] | None]]:
-    """Yield ``(line number, end offset, parsed line or None for a torn line)``."""
-    offset = 0
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            offset += len(raw)
-            if not raw.endswith(b"\n"):
-                yield lineno, offset, None  # torn write: the interrupted batch
-                return
-            try:
-                yield lineno, offset, json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                yield lineno, offset, None
-
-
-def read_cache(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]], int]:
-    """Read a cache file.
-
-    Returns:
-        ``(header, raw records by id, byte offset of the end of the last complete line)``.
-
-    Raises:
-        DataError: the file is not a closed-book cache, or a line other than the last is corrupt.
-    """
-    header: dict[str, Any] | None = None
-    rows: dict[str, dict[str, Any]] = {}
-    good_end = 0
-    lines = list(_iter_cache_lines(path))
-    for i, (lineno, end, parsed) in enumerate(lines):
-        if parsed is None:
-            if i == len(lines) - 1:
-                log.warning("%s: dropping a torn last line (interrupted run)", path)
-                break
-            raise DataError(
-                f"{path}:{lineno}: corrupt line in a closed-book cache; delete the file to rerun"
-            )
-        if header is None:
-            if parsed.get("kind") != "header" or parsed.get("format") != CACHE_FORMAT:
-                raise DataError(f"{path}: not a closed-book cache of format {CACHE_FORMAT}")
-            header = parsed
-        elif parsed.get("kind") == "record" and isinstance(parsed.get("id"), str):
-            rows[parsed["id"]] = parsed
-        else:
-            raise DataError(f"{path}:{lineno}: unexpected line in a closed-book cache")
-        good_end = end
-    if header is None:
-        raise DataError(f"{path}: empty closed-book cache (no header); delete it to rerun")
-    return header, rows, good_end
+    return root / slug(lm.model_id) / f"{slug(dataset.name)}-{key[:16]}.jsonl"
 
 
 def _record_from_row(row: Mapping[str, Any], example: QAExample, dataset: str) -> ClosedBookRecord:
@@ -276,45 +215,6 @@ def _record_from_row(row: Mapping[str, Any], example: QAExample, dataset: str) -
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise DataError(f"malformed closed-book record for {example.id!r}: {exc!r}") from exc
-
-
-def _write_header(path: Path, material: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".closed-book-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            header = {"kind": "header", **material, "key": cache_key(material)}
-            header["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            fh.write(json.dumps(header, sort_keys=True) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; these files are meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-@contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    """Hold an advisory lock on ``<cache>.lock``: one writer per cache file at a time."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - no advisory locks on this platform
-        yield
-        return
-    with open(f"{path}.lock", "a") as lock:
-        try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise DataError(
-                f"another process is running closed-book questions into {path}; wait for it "
-                "(the cache is resumable) instead of running the same job twice"
-            ) from exc
-        try:
-            yield
-        finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
 def run_closed_book(
@@ -341,55 +241,33 @@ def run_closed_book(
     """
     material = cache_key_material(lm, dataset, max_new_tokens=max_new_tokens)
     path = closed_book_cache_path(lm, dataset, cache_dir, max_new_tokens=max_new_tokens)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive(path):
-        if path.is_file():
-            header, rows, good_end = read_cache(path)
-            if header.get("key") != cache_key(material):
-                raise DataError(f"{path}: header does not match its key; delete the file to rerun")
-            if good_end < path.stat().st_size:
-                with path.open("r+b") as fh:  # cut the torn line before appending
-                    fh.truncate(good_end)
-        else:
-            _write_header(path, material)
-            rows = {}
-        todo = [ex for ex in dataset if ex.id not in rows]
-        size = batch_size or lm.config.generation.batch_size
-        if todo:
-            log.info("%s: %d cached, %d to run -> %s", dataset.name, len(rows), len(todo), path)
-            bar = tqdm(
-                total=len(todo),
-                desc=f"closed-book {dataset.name}",
-                unit="q",
-                disable=not progress,
-            )
-            with path.open("a", encoding="utf-8") as fh, bar:
-                for start in range(0, len(todo), size):
-                    chunk = todo[start : start + size]
-                    prompts = [lm.format_prompt(ex.question) for ex in chunk]
-                    outputs = lm.run(prompts, batch_size=len(chunk), max_new_tokens=max_new_tokens)
-                    lines = []
-                    for ex, out in zip(chunk, outputs, strict=True):
-                        row = {
-                            "kind": "record",
-                            "id": ex.id,
-                            "answer": out.answer,
-                            "stop_reason": out.draft.stop_reason,
-                            "in_accuracy": score_answer(
-                                out.answer, ex.golden_answers, ex.question
-                            ).in_accuracy,
-                            "features": out.features(),
-                            "prompt_tokens": out.prompt_tokens,
-                            "prefill_seconds": round(out.prefill_seconds, 6),
-                            "decode_seconds": round(out.draft.seconds, 6),
-                            "batch_size": len(chunk),
-                        }
-                        rows[ex.id] = row
-                        lines.append(json.dumps(row) + "\n")
-                    fh.write("".join(lines))
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                    bar.update(len(chunk))
+
+    def answer(chunk: Sequence[QAExample]) -> list[dict[str, Any]]:
+        prompts = [lm.format_prompt(ex.question) for ex in chunk]
+        outputs = lm.run(prompts, batch_size=len(chunk), max_new_tokens=max_new_tokens)
+        return [
+            {
+                "answer": out.answer,
+                "stop_reason": out.draft.stop_reason,
+                "in_accuracy": score_answer(out.answer, ex.golden_answers, ex.question).in_accuracy,
+                "features": out.features(),
+                "prompt_tokens": out.prompt_tokens,
+                "prefill_seconds": round(out.prefill_seconds, 6),
+                "decode_seconds": round(out.draft.seconds, 6),
+                "batch_size": len(chunk),
+            }
+            for ex, out in zip(chunk, outputs, strict=True)
+        ]
+
+    rows = fill_cache(
+        path,
+        material,
+        dataset,
+        answer,
+        batch_size=batch_size or lm.config.generation.batch_size,
+        what=WHAT,
+        progress=progress,
+    )
     return [_record_from_row(rows[ex.id], ex, dataset.name) for ex in dataset]
 
 
@@ -399,13 +277,5 @@ def load_closed_book(path: Path, dataset: QADataset) -> list[ClosedBookRecord]:
     Raises:
         DataError: the cache belongs to another dataset, or lacks some of its questions.
     """
-    header, rows, _ = read_cache(Path(path))
-    if header.get("dataset", {}).get("content_hash") != dataset.content_hash:
-        raise DataError(f"{path}: cache was written for another version of {dataset.name}")
-    missing = [ex.id for ex in dataset if ex.id not in rows]
-    if missing:
-        raise DataError(
-            f"{path}: {len(missing)} question(s) not in the cache (e.g. {missing[:3]}); "
-            "finish the run with run_closed_book first"
-        )
+    rows = load_cached_rows(path, dataset, what=WHAT)
     return [_record_from_row(rows[ex.id], ex, dataset.name) for ex in dataset]

@@ -18,6 +18,7 @@ from types import MappingProxyType
 from typing import Any
 
 from knowgate.errors import DataError
+from knowgate.jsonio import iter_jsonl
 
 DATA_DIR_ENV_VAR = "KNOWGATE_DATA_DIR"
 
@@ -179,14 +180,7 @@ def load_dataset(
     seen: dict[str, int] = {}
     try:
         with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    raw = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{where}: not valid JSON ({exc.msg})") from exc
+            for lineno, where, raw in iter_jsonl(fh, path, DataError):
                 example = _parse_row(raw, where)
                 if example.id in seen:
                     raise DataError(

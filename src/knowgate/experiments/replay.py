@@ -31,7 +31,6 @@ label) so the oracle policy can be replayed as a ceiling.
 
 from __future__ import annotations
 
-import json
 import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +52,7 @@ from knowgate.experiments.statistics import (
     proportion,
 )
 from knowgate.experiments.verdict import verdict
+from knowgate.jsonio import iter_jsonl
 from knowgate.policy import ORACLE_FEATURE, Policy
 from knowgate.schema import StrictModel
 
@@ -102,14 +102,7 @@ def read_both_branches(cache: str | Path) -> list[BothBranchRecord]:
     records: list[BothBranchRecord] = []
     seen: dict[str, int] = {}
     with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ExperimentError(f"{where}: not valid JSON ({exc.msg})") from exc
+        for lineno, where, raw in iter_jsonl(fh, path, ExperimentError):
             if not isinstance(raw, dict):
                 raise ExperimentError(f"{where}: expected a JSON object")
             try:

@@ -21,8 +21,6 @@ isotonic breakpoints, a ``policy_id`` that does not match the contents) and rais
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -30,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, ValidationError
 
 from knowgate.errors import ConfigError, PolicyError
+from knowgate.jsonio import atomic_write_text
 from knowgate.policy.operating_points import OperatingPoint, operating_point_from_dict
 from knowgate.schema import StrictModel
 
@@ -86,19 +85,7 @@ def save_artifact(artifact: dict[str, Any], path: Path) -> None:
         text = json.dumps(artifact, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
     except (TypeError, ValueError) as exc:
         raise PolicyError(f"policy cannot be saved as strict JSON: {exc}") from exc
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; these files are meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_text(path, text)
 
 
 def _reject_constants(token: str) -> float:

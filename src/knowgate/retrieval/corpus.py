@@ -7,7 +7,6 @@ counted; duplicate ids are an error unless the configuration says to skip them.
 from __future__ import annotations
 
 import gzip
-import json
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from knowgate.errors import DataError, InputError
+from knowgate.jsonio import iter_jsonl
 from knowgate.retrieval.config import KnowledgeBaseConfig
 from knowgate.retrieval.documents import Document
 from knowgate.retrieval.splitter import split_markdown, split_text
@@ -196,14 +196,7 @@ def read_jsonl_corpus(path: Path) -> Iterator[tuple[Document, str]]:
     """
     try:
         with _open_text(path) as fh:
-            for line_no, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                origin = f"{path}:{line_no}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{origin}: not valid JSON: {exc.msg}") from exc
+            for _, origin, row in iter_jsonl(fh, path, DataError):
                 yield _row_to_document(row, origin), origin
     except (OSError, EOFError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read: {exc}") from exc

@@ -407,13 +407,23 @@ class Router:
         )
 
     def _fit_passages(self, query: str, passages: list[PassageTrace]) -> tuple[str, int]:
-        """The RAG prompt with as many passages (best first) as the context allows."""
-        used = list(passages)
-        while True:
-            prompt = self.model.format_prompt(query, used)
-            if not used or self.model.count_tokens(prompt) <= self.model.max_prompt_tokens:
-                return prompt, len(used)
-            used.pop()
+        """The RAG prompt with as many passages (best first) as the context allows.
+
+        The prompt grows with every passage, so the largest count that fits is found by binary
+        search (a few tokenizations even for long passage lists).
+        """
+
+        def fits(count: int) -> bool:
+            prompt = self.model.format_prompt(query, passages[:count])
+            return self.model.count_tokens(prompt) <= self.model.max_prompt_tokens
+
+        if fits(len(passages)):
+            return self.model.format_prompt(query, passages), len(passages)
+        low, high = 0, len(passages)  # fits(low) holds (no passages: the gate's prompt fitted)
+        while high - low > 1:
+            mid = (low + high) // 2
+            low, high = (mid, high) if fits(mid) else (low, mid)
+        return self.model.format_prompt(query, passages[:low]), low
 
     def _generate(self, query: str, passages: list[PassageTrace]) -> str:
         from langchain_core.messages import HumanMessage, SystemMessage

@@ -1,0 +1,202 @@
+"""``knowgate bench``: both branches per question, every gating policy scored by cross-fitting."""
+
+from __future__ import annotations
+
+import shlex
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from knowgate.cli.app import app
+from knowgate.cli.common import (
+    check_calibration,
+    console,
+    dataset_names,
+    load_language_model,
+    user_errors,
+)
+from knowgate.models.config import DEFAULT_MODEL
+
+
+def _parse_samples(specs: list[str]) -> dict[str, int]:
+    from knowgate.errors import ConfigError
+
+    out: dict[str, int] = {}
+    for spec in specs:
+        name, sep, size = spec.partition("=")
+        if not sep or not name.strip() or not size.strip().isdigit() or int(size) < 1:
+            raise ConfigError(f"--sample {spec!r}: expected NAME=N with N >= 1 (squad_dev=1000)")
+        out[name.strip()] = int(size)
+    return out
+
+
+def _machine() -> dict[str, Any]:
+    import os
+    import platform
+
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+    }
+
+
+@app.command()
+def bench(
+    model: str = typer.Option(
+        DEFAULT_MODEL, "--model", "-m", help="Packaged name, hub id, local dir or .gguf file."
+    ),
+    data: list[str] = typer.Option(
+        ...,
+        "--data",
+        "-d",
+        help="FlashRAG-style JSONL file, or a name under <data dir>/qa (popqa_random); repeat "
+        "or comma-separate for several.",
+    ),
+    kb: Path = typer.Option(..., "--kb", help="Knowledge-base directory (knowgate index build)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory for results and plots."),
+    folds: int = typer.Option(5, "--folds", min=2, help="Cross-fitting folds."),
+    limit: int | None = typer.Option(
+        None, "--limit", min=1, help="Use only the first N questions of each file."
+    ),
+    sample: list[str] = typer.Option(
+        [],
+        "--sample",
+        help="NAME=N: a seeded random sample of N questions of that dataset (squad_dev=1000).",
+    ),
+    sample_seed: int = typer.Option(0, "--sample-seed", help="Seed of --sample."),
+    seed: int = typer.Option(0, "--seed", help="Split, tie-breaking and bootstrap seed."),
+    k: int | None = typer.Option(
+        None, "--k", min=1, help="Passages per question (default: the router's retrieval.k)."
+    ),
+    calibration: str = typer.Option(
+        "sigmoid", "--calibration", help="isotonic | sigmoid | temperature | none"
+    ),
+    bootstrap: int = typer.Option(
+        1000, "--bootstrap", min=0, help="Bootstrap resamples for the 95% intervals (0 = off)."
+    ),
+    singles: bool = typer.Option(
+        True, "--singles/--no-singles", help="Also score every model feature alone."
+    ),
+    closed_book_cache: Path | None = typer.Option(
+        None, "--closed-book-cache", help="Closed-book cache root (default runs/closed_book)."
+    ),
+    retrieval_cache: Path | None = typer.Option(
+        None, "--retrieval-cache", help="Retrieval-branch cache root (default runs/retrieval)."
+    ),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="Root of the shared data for bare names ($KNOWGATE_DATA_DIR)."
+    ),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Prompts per pass."),
+    timing_sample: int = typer.Option(
+        40,
+        "--timing-sample",
+        min=0,
+        help="Questions per dataset whose closed-book decode is re-timed in this run, to scale "
+        "the cached closed-book times (0 = use them as cached).",
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Answer every question closed-book and with retrieval (both cached), then score policies."""
+    from datetime import UTC, datetime
+
+    from knowgate.errors import ConfigError, DataError
+    from knowgate.evaluation.bench.both_branches import write_both_branches
+    from knowgate.evaluation.bench.report import write_report
+    from knowgate.evaluation.bench.runner import dataset_record, evaluate_benchmark, run_branches
+    from knowgate.evaluation.bench.sampling import sample_dataset
+    from knowgate.evaluation.datasets import load_dataset
+    from knowgate.retrieval import KnowledgeBase
+
+    with user_errors():
+        check_calibration(calibration)
+        samples = _parse_samples(sample)
+        names = dataset_names(data)
+        datasets = []
+        for name in names:
+            ds = load_dataset(name, limit=limit, data_dir=data_dir)
+            if ds.name in samples:
+                ds = sample_dataset(ds, samples.pop(ds.name), seed=sample_seed)
+            datasets.append(ds)
+        if samples:
+            raise DataError(f"--sample names datasets not in --data: {', '.join(samples)}")
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out} exists and is not a directory")
+        started = time.perf_counter()
+        knowledge_base = KnowledgeBase.load(kb)
+        lm = load_language_model(model)
+        table, run_facts = run_branches(
+            lm,
+            datasets,
+            knowledge_base,
+            knowledge_base_dir=kb,
+            k=k,
+            closed_book_cache=closed_book_cache,
+            retrieval_cache=retrieval_cache,
+            batch_size=batch_size,
+            timing_sample=timing_sample,
+            progress=progress,
+        )
+        written = write_both_branches(table, out)
+        branches_seconds = time.perf_counter() - started
+        result = evaluate_benchmark(
+            table,
+            folds=folds,
+            seed=seed,
+            calibration=calibration,
+            bootstrap=bootstrap,
+            singles=singles,
+            progress=progress,
+        )
+        from knowgate.config import RetrievalConfig
+
+        command = ["knowgate", "bench", "--model", model]
+        for name in names:
+            command += ["--data", name]
+        command += ["--kb", str(kb), "--out", str(out), "--folds", str(folds)]
+        command += ["--limit", str(limit)] if limit else []
+        command += [a for s in sample for a in ("--sample", s)]
+        command += ["--sample-seed", str(sample_seed)] if sample and sample_seed else []
+        command += ["--seed", str(seed)] if seed else []
+        command += ["--k", str(k)] if k else []
+        command += ["--calibration", calibration] if calibration != "sigmoid" else []
+        command += ["--bootstrap", str(bootstrap)] if bootstrap != 1000 else []
+        command += [] if singles else ["--no-singles"]
+        command += ["--timing-sample", str(timing_sample)] if timing_sample != 40 else []
+        result.summary["run"] = {
+            "command": shlex.join(command),
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": _machine(),
+            "model": model,
+            "datasets": dataset_record(datasets),
+            "knowledge_base": str(kb),
+            "knowledge_base_documents": len(knowledge_base),
+            "k": k or RetrievalConfig().k,
+            "closed_book_decode_retiming": run_facts["closed_book_decode_retiming"],
+            "seconds": {
+                **run_facts["seconds"],
+                "branches_total": round(branches_seconds, 1),
+                "evaluation": round(time.perf_counter() - started - branches_seconds, 1),
+            },
+            "both_branches": [str(p) for p in written],
+        }
+        write_report(result, out)
+    t = result.summary["targets"]
+    seconds = time.perf_counter() - started
+    if "policy" in t:
+        console.print(
+            f"[bold]{lm.model_id}[/]: {table.n} questions; always {t['always_accuracy']}, "
+            f"{t['policy']} ({t['operating_rule']}) {t['accuracy']} at retrieval rate "
+            f"{t['retrieval_rate']} (oracle {t['oracle_retrieval_rate']}), savings efficiency "
+            f"{t['savings_efficiency']}; results in {out} [{seconds:.0f} s]",
+            highlight=False,
+        )
+    else:
+        console.print(f"{lm.model_id}: {t.get('note')}; results in {out} [{seconds:.0f} s]")
