@@ -57,12 +57,18 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def validation_problems(exc: ValidationError, *, root: str = "<root>") -> list[str]:
+    """One ``"where: what"`` line per pydantic error (``root`` names an error on the whole value).
+
+    Unknown keys read as ``unknown key`` rather than pydantic's wording, everywhere knowgate
+    validates stored or user data.
+    """
+    return [
+        f"{'.'.join(str(p) for p in err['loc']) or root}: "
+        + ("unknown key" if err["type"] == "extra_forbidden" else err["msg"])
+        for err in exc.errors()
+    ]
+
+
 def _format_errors(exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
-        if err["type"] == "extra_forbidden":
-            lines.append(f"  - {loc}: unknown key")
-        else:
-            lines.append(f"  - {loc}: {err['msg']}")
-    return "\n".join(lines)
+    return "\n".join(f"  - {problem}" for problem in validation_problems(exc))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,19 +61,14 @@ def report(
 def _outcomes_from_file(path: Path, default_source: str) -> list[Outcome]:
     from knowgate.errors import ExperimentError
     from knowgate.experiments import Outcome
+    from knowgate.jsonio import iter_jsonl
 
     if not path.is_file():
         raise ExperimentError(f"outcome file not found: {path}")
     out = []
     allowed = {"request_id", "correct", "score", "label_source"}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ExperimentError(f"{where}: not valid JSON ({exc.msg})") from exc
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for _, where, row in iter_jsonl(lines, path, ExperimentError):
         if not isinstance(row, dict):
             raise ExperimentError(f"{where}: expected a JSON object")
         unknown = sorted(set(row) - allowed)

@@ -54,7 +54,7 @@ from knowgate.experiments.statistics import (
 from knowgate.experiments.verdict import verdict
 from knowgate.jsonio import iter_jsonl
 from knowgate.policy import ORACLE_FEATURE, Policy
-from knowgate.schema import StrictModel
+from knowgate.schema import StrictModel, validation_problems
 
 CACHE_FILE = "both_branches.jsonl"
 
@@ -108,11 +108,7 @@ def read_both_branches(cache: str | Path) -> list[BothBranchRecord]:
             try:
                 record = BothBranchRecord.model_validate(raw)
             except ValidationError as exc:
-                problems = "; ".join(
-                    f"{'.'.join(str(p) for p in e['loc']) or '<row>'}: "
-                    + ("unknown key" if e["type"] == "extra_forbidden" else e["msg"])
-                    for e in exc.errors()
-                )
+                problems = "; ".join(validation_problems(exc, root="<row>"))
                 raise ExperimentError(f"{where}: {problems}") from exc
             if record.id in seen:
                 raise ExperimentError(

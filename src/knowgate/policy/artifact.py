@@ -30,7 +30,7 @@ from pydantic import Field, ValidationError
 from knowgate.errors import ConfigError, PolicyError
 from knowgate.jsonio import atomic_write_text
 from knowgate.policy.operating_points import OperatingPoint, operating_point_from_dict
-from knowgate.schema import StrictModel
+from knowgate.schema import StrictModel, validation_problems
 
 if TYPE_CHECKING:
     from knowgate.policy.base import Policy
@@ -125,11 +125,7 @@ def validate_envelope(data: dict[str, Any], source: str) -> PolicyArtifact:
     try:
         return PolicyArtifact.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: "
-            + ("unknown key" if e["type"] == "extra_forbidden" else e["msg"])
-            for e in exc.errors()
-        )
+        problems = "; ".join(validation_problems(exc))
         raise PolicyError(f"{source}: invalid policy artifact: {problems}") from exc
 
 

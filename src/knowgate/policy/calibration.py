@@ -19,7 +19,7 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
 from knowgate.errors import PolicyError
-from knowgate.schema import StrictModel
+from knowgate.schema import StrictModel, validation_problems
 
 CalibrationMethod = Literal["isotonic", "sigmoid", "temperature", "none"]
 CALIBRATION_METHODS: tuple[str, ...] = ("isotonic", "sigmoid", "temperature", "none")
@@ -106,10 +106,7 @@ def calibrator_from_dict(data: Any) -> Calibrator:
     try:
         return _ADAPTER.validate_python(data)  # type: ignore[no-any-return,unused-ignore]
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'calibrator'}: {e['msg']}"
-            for e in exc.errors()
-        )
+        problems = "; ".join(validation_problems(exc, root="calibrator"))
         raise PolicyError(f"invalid calibrator: {problems}") from exc
 
 

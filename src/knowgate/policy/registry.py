@@ -17,6 +17,7 @@ from knowgate.policy.operating_points import operating_point_from_dict
 from knowgate.policy.oracle import OraclePolicy
 from knowgate.policy.popularity import PopularityPolicy
 from knowgate.policy.threshold import ThresholdPolicy
+from knowgate.schema import validation_problems
 
 POLICY_REGISTRY: dict[str, type[Policy]] = {
     cls.name: cls
@@ -35,11 +36,7 @@ _FITTED = (ThresholdPolicy, FusedPolicy)  # take params + metadata keyword argum
 
 
 def _format_validation(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or 'params'}: "
-        + ("unknown key" if e["type"] == "extra_forbidden" else e["msg"])
-        for e in exc.errors()
-    )
+    return "; ".join(validation_problems(exc, root="params"))
 
 
 def _from_params(

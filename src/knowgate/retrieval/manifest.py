@@ -16,7 +16,7 @@ from typing import Any, Final, Literal
 from pydantic import Field, ValidationError
 
 from knowgate.errors import KnowledgeBaseError
-from knowgate.schema import StrictModel
+from knowgate.schema import StrictModel, validation_problems
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_NAME: Final = "knowgate-knowledge-base"
@@ -125,10 +125,7 @@ def read_manifest(directory: Path) -> Manifest:
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
-            for err in exc.errors()
-        )
+        problems = "; ".join(validation_problems(exc))
         raise KnowledgeBaseError(f"{path}: invalid manifest ({problems})") from exc
 
 

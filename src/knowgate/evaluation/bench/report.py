@@ -85,6 +85,19 @@ def ordered_policies(summary: Mapping[str, Any], top_singles: int = TOP_SINGLES)
     return main + fused + pop + singles[:top_singles]
 
 
+def _outcome_cells(p: Mapping[str, Any]) -> list[Any]:
+    """In-Acc, difference from always, EM, F1, retrieval rate, savings eff., LM calls/q."""
+    return [
+        _ci(p["accuracy"]),
+        _ci(p["accuracy_minus_always"], signed=True),
+        p["em"],
+        p["f1"],
+        p["retrieval_rate"],
+        p["savings_efficiency"],
+        p["lm_calls_per_question"],
+    ]
+
+
 def _policy_rows(
     policies: Mapping[str, Mapping[str, Any]], names: Sequence[str]
 ) -> list[list[Any]]:
@@ -98,13 +111,7 @@ def _policy_rows(
                 f"**{name}**" if name == HEADLINE else name,
                 p["stage"],
                 p["n"],
-                _ci(p["accuracy"]),
-                _ci(p["accuracy_minus_always"], signed=True),
-                p["em"],
-                p["f1"],
-                p["retrieval_rate"],
-                p["savings_efficiency"],
-                p["lm_calls_per_question"],
+                *_outcome_cells(p),
                 "-" if auc is None else _ci([auc, *(ci or [None, None])]),
                 p.get("auroc_within_relation"),
                 p.get("auroc_within_dataset"),
@@ -219,13 +226,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
                 [
                     [
                         name,
-                        _ci(p["accuracy"]),
-                        _ci(p["accuracy_minus_always"], signed=True),
-                        p["em"],
-                        p["f1"],
-                        p["retrieval_rate"],
-                        p["savings_efficiency"],
-                        p["lm_calls_per_question"],
+                        *_outcome_cells(p),
                         ", ".join(_fmt(t) for t in p.get("thresholds_per_fold", [])),
                     ]
                     for name, p in s["operating_points"].items()
