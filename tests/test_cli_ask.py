@@ -63,7 +63,7 @@ def test_ask_json_keys(smollm, kb_dir: Path, monkeypatch, policy_name: str) -> N
     assert set(data["decision"]) >= {"retrieve", "p_known", "threshold", "policy", "mode"}
     assert set(data["calls"]) == {"lm", "retriever"}
     if policy_name == "always":
-        assert data["decision"]["retrieve"] is True and data["calls"] == {"lm": 2, "retriever": 1}
+        assert data["decision"]["retrieve"] is True and data["calls"] == {"lm": 1, "retriever": 1}
         assert {"id", "title", "score"} <= set(data["passages"][0])
     else:
         assert data["passages"] == [] and data["calls"] == {"lm": 1, "retriever": 0}

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from knowgate.config import GateMode, RouterConfig, load_config
 from knowgate.errors import ConfigError, InputError, PolicyError
-from knowgate.models import Draft, LanguageModel
+from knowgate.models import Draft, LanguageModel, Prefill
 from knowgate.policy import Decision, Policy, build_policy, load_policy
 from knowgate.routing.retrievers import PassageSource, as_passage_source
 from knowgate.routing.trace import DecisionTrace, PassageTrace, RoutedAnswer
@@ -451,28 +451,44 @@ class Router:
         rows = list(range(n))
         stages = _Stages(n)
 
-        t = time.perf_counter()
-        pre = self.model.prefill([self.model.format_prompt(q) for q in queries])
-        stages.add("prefill", time.perf_counter() - t, rows)
-
-        t = time.perf_counter()
-        features = [
-            self._features(q, c, m, p)
-            for q, c, m, p in zip(queries, pre.captures, metadata, policies, strict=True)
-        ]
-        stages.add("signals", time.perf_counter() - t, rows)
-
         drafts: dict[int, Draft] = {}
-        if self.mode == "draft":
+        pre: Prefill | None = None
+        # Policies that read no signal (always, never, random) decide before any forward pass:
+        # always-retrieve is plain RAG, with no gate prefill spent on it.
+        signal_free = self.mode == "pre" and not any(p.required_features for p in policies)
+        if signal_free:
             t = time.perf_counter()
-            for i, d in enumerate(self.model.decode(pre)):
-                drafts[i] = d
-                features[i].update(self._draft_features(pre.captures[i], d))
-            stages.add("decode", time.perf_counter() - t, rows)
+            features: list[dict[str, float]] = [{} for _ in rows]
+            decisions = [p.decide({}) for p in policies]
+            stages.add("policy", time.perf_counter() - t, rows)
+            prefill_rows = [i for i in rows if not decisions[i].retrieve]
+        else:
+            prefill_rows = rows
+        pre_index = {row: j for j, row in enumerate(prefill_rows)}
+        if prefill_rows:
+            t = time.perf_counter()
+            pre = self.model.prefill([self.model.format_prompt(queries[i]) for i in prefill_rows])
+            stages.add("prefill", time.perf_counter() - t, prefill_rows)
 
-        t = time.perf_counter()
-        decisions = [p.decide(f) for p, f in zip(policies, features, strict=True)]
-        stages.add("policy", time.perf_counter() - t, rows)
+        if not signal_free:
+            assert pre is not None
+            t = time.perf_counter()
+            features = [
+                self._features(q, c, m, p)
+                for q, c, m, p in zip(queries, pre.captures, metadata, policies, strict=True)
+            ]
+            stages.add("signals", time.perf_counter() - t, rows)
+
+            if self.mode == "draft":
+                t = time.perf_counter()
+                for i, d in enumerate(self.model.decode(pre)):
+                    drafts[i] = d
+                    features[i].update(self._draft_features(pre.captures[i], d))
+                stages.add("decode", time.perf_counter() - t, rows)
+
+            t = time.perf_counter()
+            decisions = [p.decide(f) for p, f in zip(policies, features, strict=True)]
+            stages.add("policy", time.perf_counter() - t, rows)
 
         wants = [i for i in rows if decisions[i].retrieve]
         passages: dict[int, list[PassageTrace]] = {}
@@ -498,16 +514,28 @@ class Router:
             stages.add("retrieve", time.perf_counter() - t, wants)
 
         closed = [i for i in rows if i not in passages]
+        fallback: set[int] = set()
         if self.mode == "pre":
             t = time.perf_counter()
-            need = closed if self.generator is None else []
-            for i, d in zip(need, self.model.decode(pre, rows=need), strict=True):
-                drafts[i] = d
+            need = [i for i in closed if i in pre_index] if self.generator is None else []
+            if pre is not None:
+                decoded = self.model.decode(pre, rows=[pre_index[i] for i in need])
+                for i, d in zip(need, decoded, strict=True):
+                    drafts[i] = d
             stages.add("decode", time.perf_counter() - t, need)
+            missing = [i for i in closed if i not in drafts and self.generator is None]
+            fallback.update(missing)
+            if missing:  # retrieval failed for a signal-free policy: answer closed-book now
+                t = time.perf_counter()
+                outs = self.model.run([self.model.format_prompt(queries[i]) for i in missing])
+                for i, out in zip(missing, outs, strict=True):
+                    drafts[i] = out.draft
+                stages.add("decode", time.perf_counter() - t, missing)
 
         answers: dict[int, str] = {}
         used_passages: dict[int, list[PassageTrace]] = {}
-        lm_calls = dict.fromkeys(rows, 1)
+        # One LM call = one prompt through the local model (prefill and its decode count once).
+        lm_calls = {i: int(i in pre_index or i in fallback) for i in rows}
         generator_calls = dict.fromkeys(rows, 0)
         t = time.perf_counter()
         if self.generator is not None:
@@ -526,7 +554,7 @@ class Router:
                 for i, (_, count), out in zip(rag, fitted, outs, strict=True):
                     answers[i] = out.answer
                     used_passages[i] = passages[i][:count]
-                    lm_calls[i] = 2
+                    lm_calls[i] += 1
                 stages.add("answer_with_passages", time.perf_counter() - t, rag)
 
         results = []

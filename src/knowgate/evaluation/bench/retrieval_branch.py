@@ -114,8 +114,14 @@ def retrieval_key_material(
     k: int,
     mode: str,
 ) -> dict[str, Any]:
-    """The closed-book key material plus the retrieval settings and the RAG prompt probe."""
+    """What a retrieval-branch answer depends on: model, prompts, generation, base, ``k``, data.
+
+    Unlike the closed-book key it leaves out the captured layers and feature names: the answer
+    with passages does not depend on which signals a gate would read.
+    """
     material = cache_key_material(lm, dataset)
+    for signal_only in ("layers", "feature_names"):
+        material.pop(signal_only, None)
     probe = lm.format_prompt(_PROBE_QUESTION, [_ProbePassage("Paris", "Paris is the capital.")])
     material.update(
         branch=BRANCH,
