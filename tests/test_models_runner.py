@@ -21,16 +21,20 @@ QUESTIONS = [
 
 def test_summarize_logits_uniform_and_peaked() -> None:
     vocab = 1000
-    token, entropy, logprob, margin = summarize_logits(torch.zeros(1, vocab))
+    token, entropy, logprob, margin, logit_margin = summarize_logits(torch.zeros(1, vocab))
     assert entropy.item() == pytest.approx(math.log(vocab), rel=1e-5)
     assert logprob.item() == pytest.approx(-math.log(vocab), rel=1e-5)
     assert margin.item() == pytest.approx(0.0, abs=1e-7)
+    assert logit_margin.item() == pytest.approx(0.0, abs=1e-7)
     peaked = torch.full((1, vocab), -1e4)
     peaked[0, 7] = 0.0
-    token, entropy, logprob, margin = summarize_logits(peaked)
+    peaked[0, 3] = -2.5
+    token, entropy, logprob, margin, logit_margin = summarize_logits(peaked)
     assert token.item() == 7
-    assert entropy.item() == pytest.approx(0.0, abs=1e-6)
-    assert margin.item() == pytest.approx(1.0, abs=1e-6)
+    # two live logits 0 and -2.5: p = 1 / (1 + e^-2.5) = 0.92414, p2 = 0.07586
+    assert logprob.item() == pytest.approx(math.log(0.924142), abs=1e-5)
+    assert margin.item() == pytest.approx(0.924142 - 0.075858, abs=1e-5)
+    assert logit_margin.item() == pytest.approx(2.5, abs=1e-6)
 
 
 def test_run_gives_answer_and_every_feature(smollm) -> None:
@@ -123,12 +127,15 @@ def test_decode_selected_rows_continues_the_same_cache(smollm) -> None:
 
 
 def test_max_new_tokens_and_length_stop(smollm) -> None:
-    out = smollm.run(
-        [smollm.format_prompt("Tell me a long story about dragons.")], max_new_tokens=3
-    )
-    assert len(out[0].draft.token_ids) <= 3
-    if out[0].draft.stop_reason == "length":
-        assert len(out[0].draft.stats) == 3
+    prompt = smollm.format_prompt("Tell me a long story about dragons.")
+    free = smollm.run([prompt], max_new_tokens=16)[0].draft
+    stops = set(smollm.stop_token_ids().tolist())
+    # precondition of the test: the unrestricted answer runs past three tokens without stopping
+    assert len(free.token_ids) > 3 and not stops & set(free.token_ids[:3])
+    short = smollm.run([prompt], max_new_tokens=3)[0].draft
+    assert short.stop_reason == "length"
+    assert short.token_ids == free.token_ids[:3]  # greedy: the same first tokens
+    assert len(short.stats) == 3  # no stop token to exclude
 
 
 def test_bad_prompts_raise_clear_errors(smollm) -> None:
@@ -148,3 +155,103 @@ def test_bad_prompts_raise_clear_errors(smollm) -> None:
 def test_features_are_computable_from_the_capture_alone(smollm) -> None:
     out = smollm.ask("Who discovered penicillin?")
     assert compute_features(out.capture) == out.features()
+
+
+def _hf_hidden_states(lm, prompt: str) -> tuple[list[torch.Tensor], list[int]]:
+    """Block outputs from transformers' own ``output_hidden_states`` and the token ids."""
+    enc = lm.tokenizer(prompt, return_tensors="pt", add_special_tokens=lm._add_special(prompt))
+    with torch.inference_mode():
+        out = lm.model(**enc, output_hidden_states=True)
+    # hidden_states[0] is the embedding output; block i's output is hidden_states[i + 1], except
+    # that the last entry has the final norm applied, so the last block is compared below 1e-3
+    return [h[0] for h in out.hidden_states], enc.input_ids[0].tolist()
+
+
+def test_question_positions_match_transformers_hidden_states(smollm) -> None:
+    question = "Who wrote the play Hamlet?"
+    prompt = smollm.format_prompt(question)
+    capture = smollm.prefill([prompt], questions=[question]).captures[0]
+    states, ids = _hf_hidden_states(smollm, prompt)
+    # find the question's tokens independently: the token run that decodes to the question
+    n = len(ids)
+    spans = [
+        (i, j)
+        for i in range(n)
+        for j in range(i + 1, n + 1)
+        if smollm.tokenizer.decode(ids[i:j]).strip() == question
+    ]
+    assert spans, "the question's tokens were not found in the prompt"
+    lo, hi = min(spans, key=lambda s: s[1] - s[0])
+    layer = 10  # a middle block, untouched by the final norm
+    row = capture.layers.index(layer)
+    expected_end = states[layer + 1][hi - 1].numpy()
+    expected_mean = states[layer + 1][lo:hi].mean(dim=0).numpy()
+    np.testing.assert_allclose(capture.at("question_end").hidden[row], expected_end, atol=1e-3)
+    np.testing.assert_allclose(capture.at("question_mean").hidden[row], expected_mean, atol=1e-3)
+    np.testing.assert_allclose(capture.hidden[row], states[layer + 1][-1].numpy(), atol=1e-3)
+    assert capture.question_states is not None and capture.question_states.shape[0] == hi - lo
+
+
+def test_question_positions_batched_equal_one_by_one(smollm) -> None:
+    prompts = [smollm.format_prompt(q) for q in QUESTIONS]
+    batched = smollm.prefill(prompts, questions=QUESTIONS).captures
+    for q, p, b in zip(QUESTIONS, prompts, batched, strict=True):
+        s = smollm.prefill([p], questions=[q]).captures[0]
+        for position in ("question_end", "question_mean"):
+            np.testing.assert_allclose(b.at(position).hidden, s.at(position).hidden, atol=2e-3)
+            np.testing.assert_allclose(b.at(position).mlp, s.at(position).mlp, atol=2e-3)
+        np.testing.assert_allclose(b.question_states, s.question_states, atol=2e-3)
+
+
+def test_question_must_occur_in_its_prompt(smollm) -> None:
+    with pytest.raises(KnowgateError, match="does not occur"):
+        smollm.prefill([smollm.format_prompt("Who wrote Hamlet?")], questions=["Who is Ada?"])
+    with pytest.raises(InputError, match="2 questions for 1 prompts"):
+        smollm.prefill([smollm.format_prompt("Who wrote Hamlet?")], questions=["a", "b"])
+
+
+def test_first_draft_token_statistics_are_the_prefills(smollm) -> None:
+    out = smollm.ask("What is the capital of Italy?")
+    assert out.capture.draft is not None and out.capture.draft.logit_margin is not None
+    assert out.capture.draft.logit_margin[0] == pytest.approx(
+        out.capture.next_token.logit_margin[0], abs=1e-4
+    )
+    feats = out.features()
+    assert feats["draft_min_logit_margin"] <= feats["draft_mean_logit_margin"]
+    assert "draft_first_margin" not in feats  # it duplicated next_token_margin
+
+
+def test_sampling_is_seeded_and_near_zero_temperature_is_greedy(smollm) -> None:
+    prompts = [smollm.format_prompt(q) for q in QUESTIONS[:2]]
+    greedy = [o.draft for o in smollm.run(prompts)]
+    cold = smollm.sample(prompts, k=3, temperature=1e-4)
+    assert [[d.token_ids for d in row] for row in cold] == [[g.token_ids] * 3 for g in greedy]
+    a = smollm.sample(prompts, k=4, temperature=1.0, seed=7)
+    b = smollm.sample(prompts, k=4, temperature=1.0, seed=7)
+    assert [[d.text for d in row] for row in a] == [[d.text for d in row] for row in b]
+    assert all(len(row) == 4 for row in a)
+    with pytest.raises(InputError, match="k must be"):
+        smollm.sample(prompts, k=0)
+    with pytest.raises(InputError, match="temperature"):
+        smollm.sample(prompts, k=2, temperature=0.0)
+
+
+def test_next_token_probability_matches_a_softmax_of_the_logits(smollm) -> None:
+    prompt = smollm.format_prompt("Is Paris in France? Answer yes or no.")
+    probs = smollm.next_token_probability([prompt], ["yes", "no"])
+    assert probs.shape == (1, 2)
+    enc = smollm.tokenizer(
+        prompt, return_tensors="pt", add_special_tokens=smollm._add_special(prompt)
+    )
+    with torch.inference_mode():
+        logits = smollm.model(**enc).logits[0, -1].float()
+    p = torch.softmax(logits, dim=-1)
+    yes = {
+        smollm.tokenizer(t, add_special_tokens=False).input_ids[0]
+        for t in ("yes", " yes", "Yes", " Yes", "YES", " YES")
+        if len(smollm.tokenizer(t, add_special_tokens=False).input_ids) == 1
+    }
+    assert probs[0, 0] == pytest.approx(float(p[sorted(yes)].sum()), abs=1e-4)
+    assert 0.0 < probs[0].sum() <= 1.0
+    with pytest.raises(InputError, match="single-token"):
+        smollm.next_token_probability([prompt], ["antidisestablishmentarianism"])

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from knowgate.errors import ConfigError as ConfigErrorType
 from knowgate.errors import SignalError
 from knowgate.signals import (
     ForwardCapture,
@@ -19,8 +20,11 @@ from knowgate.signals import (
 )
 
 
-def stats(entropy, prob, margin) -> TokenStats:
-    return TokenStats.from_lists(list(entropy), [math.log(p) for p in prob], list(margin))
+def stats(entropy, prob, margin, logit_margin=None) -> TokenStats:
+    logit_margin = list(logit_margin) if logit_margin is not None else [1.0] * len(list(entropy))
+    return TokenStats.from_lists(
+        list(entropy), [math.log(p) for p in prob], list(margin), logit_margin
+    )
 
 
 def make_capture(n_layers: int = 4, draft: TokenStats | None = None, seed: int = 0):
@@ -45,6 +49,10 @@ def test_uncertainty_aggregates_by_hand() -> None:
     assert uncertainty.mean_logprob(s) == pytest.approx(mean_lp)
     assert uncertainty.perplexity(s) == pytest.approx(math.exp(-mean_lp))
     assert uncertainty.first_margin(s) == pytest.approx(0.8)
+    t = stats([0.5, 2.0, 1.0], [0.9, 0.2, 0.5], [0.8, 0.05, 0.3], [4.0, 0.5, 1.5])
+    assert uncertainty.first_logit_margin(t) == pytest.approx(4.0)
+    assert uncertainty.mean_logit_margin(t) == pytest.approx(2.0)
+    assert uncertainty.min_logit_margin(t) == pytest.approx(0.5)
 
 
 def test_empty_token_stats_raise() -> None:
@@ -54,9 +62,11 @@ def test_empty_token_stats_raise() -> None:
 
 def test_token_stats_reject_nan_and_ragged_arrays() -> None:
     with pytest.raises(SignalError, match="non-finite"):
-        TokenStats.from_lists([float("nan")], [0.0], [0.0])
+        TokenStats.from_lists([float("nan")], [0.0], [0.0], [0.0])
     with pytest.raises(SignalError, match="equally long"):
-        TokenStats.from_lists([1.0, 2.0], [0.0], [0.0])
+        TokenStats.from_lists([1.0, 2.0], [0.0], [0.0], [0.0])
+    with pytest.raises(SignalError, match="equally long"):
+        TokenStats.from_lists([1.0], [0.0], [0.0], [0.0, 1.0])
 
 
 def test_feature_names_match_computed_features() -> None:
@@ -115,3 +125,63 @@ def test_signal_config_rejects_unknown_keys() -> None:
 
     with pytest.raises(ConfigError, match="unknown key"):
         SignalConfig.from_dict({"aggregates": ["last"], "bogus": 1})
+
+
+def _with_question_positions(capture: ForwardCapture) -> ForwardCapture:
+    from dataclasses import replace
+
+    from knowgate.signals import PositionStates
+
+    # question_end: every layer's vector one-hot (maximally sparse); question_mean: constant
+    one_hot = np.zeros_like(capture.hidden)
+    one_hot[:, 0] = 2.0
+    mlp_one_hot = np.zeros_like(capture.mlp)
+    mlp_one_hot[:, 3] = -1.0
+    return replace(
+        capture,
+        positions={
+            "question_end": PositionStates(one_hot, mlp_one_hot),
+            "question_mean": PositionStates(
+                np.ones_like(capture.hidden), np.ones_like(capture.mlp)
+            ),
+        },
+        question_states=np.array([[1.0] + [0.0] * 15, [0.0, 1.0] + [0.0] * 14], np.float32),
+    )
+
+
+def test_features_at_question_positions() -> None:
+    cfg = SignalConfig(positions=("prompt_end", "question_end", "question_mean"))
+    capture = _with_question_positions(make_capture())
+    f = compute_features(capture, cfg)
+    # one-hot rows: Hoyer 1 and top-1% energy 1 on every layer (hand values, not the code's)
+    assert f["hidden_hoyer_last_at_question_end"] == pytest.approx(1.0)
+    assert f["mlp_hoyer_mean_at_question_end"] == pytest.approx(1.0)
+    assert f["hidden_top1_energy_mid_at_question_end"] == pytest.approx(1.0)
+    # constant rows: Hoyer 0, evenness 1
+    assert f["hidden_hoyer_last_at_question_mean"] == pytest.approx(0.0, abs=1e-12)
+    assert f["mlp_magnitude_evenness_mean_at_question_mean"] == pytest.approx(1.0)
+    # the prompt-end features keep their names and values
+    assert f["hidden_hoyer_last"] == pytest.approx(compute_features(capture)["hidden_hoyer_last"])
+    # two orthogonal unit rows: singular values 1, 1 -> effective rank 2
+    assert f["hidden_effective_rank_question"] == pytest.approx(2.0)
+    assert set(f) == set(feature_names(cfg, family="sparsity")) | set(
+        feature_names(cfg, family="uncertainty", stage="prefill")
+    )
+
+
+def test_question_positions_that_were_not_captured_raise() -> None:
+    cfg = SignalConfig(positions=("question_end",))
+    with pytest.raises(SignalError, match="was not captured"):
+        compute_features(make_capture(), cfg)
+    with pytest.raises(ConfigErrorType, match="unique"):
+        SignalConfig.from_dict({"positions": ["prompt_end", "prompt_end"]})
+
+
+def test_renamed_and_removed_features() -> None:
+    names = feature_names()
+    assert "hidden_magnitude_evenness_last" in names
+    assert not [n for n in names if "effective_rank" in n]  # only with question positions
+    assert "draft_first_margin" not in names  # duplicated next_token_margin
+    assert {"next_token_logit_margin", "draft_mean_logit_margin", "draft_min_logit_margin"} <= (
+        set(names)
+    )

@@ -18,33 +18,49 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
 from knowgate.errors import InputError, KnowgateError
 from knowgate.models.architecture import BlockLayout, discover_layout, select_layers
 from knowgate.models.config import DEFAULT_MODEL, ModelConfig
-from knowgate.models.hooks import capture_last_token
+from knowgate.models.hooks import PROMPT_END, QuestionSpans, capture_positions
 from knowgate.models.loading import load_pretrained
 from knowgate.models.prompts import PassageLike, PromptFormatter
-from knowgate.signals import ForwardCapture, SignalConfig, TokenStats, compute_features
+from knowgate.signals import (
+    ForwardCapture,
+    PositionStates,
+    SignalConfig,
+    TokenStats,
+    compute_features,
+)
 
 StopReason = Literal["eos", "newline", "length"]
 
 
 def summarize_logits(
     logits: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Greedy choice and distribution summary of ``[B, V]`` logits.
 
     Returns:
-        ``(token, entropy, logprob, margin)``, each ``[B]``: the arg-max token, the entropy of
-        the full distribution (nats), the chosen token's log-probability and p(top1) - p(top2).
+        ``(token, entropy, logprob, margin, logit_margin)``, each ``[B]``: the arg-max token, the
+        entropy of the full distribution (nats), the chosen token's log-probability,
+        p(top1) - p(top2), and logit(top1) - logit(top2).
     """
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    top = logp.topk(2, dim=-1)
+    logits = logits.float()
+    logp = torch.log_softmax(logits, dim=-1)
+    top = logits.topk(2, dim=-1)
+    top_logp = logp.gather(-1, top.indices)
     entropy = -torch.special.xlogy(logp.exp(), logp.exp()).sum(dim=-1)
-    p_top = top.values.exp()
-    return top.indices[:, 0], entropy, top.values[:, 0], p_top[:, 0] - p_top[:, 1]
+    p_top = top_logp.exp()
+    return (
+        top.indices[:, 0],
+        entropy,
+        top_logp[:, 0],
+        p_top[:, 0] - p_top[:, 1],
+        top.values[:, 0] - top.values[:, 1],
+    )
 
 
 @dataclass
@@ -225,7 +241,9 @@ class LanguageModel:
         return self._stop_ids[flag]
 
     # -------------------------------------------------------------------------------- passes
-    def _encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode(
+        self, prompts: Sequence[str], *, offsets: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, Any]:
         if not prompts:
             raise InputError("no prompts given")
         for p in prompts:
@@ -233,12 +251,14 @@ class LanguageModel:
                 raise InputError(f"prompts must be strings, got {type(p).__name__}")
             if not p.strip():
                 raise InputError("prompt is empty")
-        enc = self.tokenizer(
-            list(prompts),
-            return_tensors="pt",
-            padding=True,
-            add_special_tokens=self._add_special(prompts[0]),
-        )
+        kwargs: dict[str, Any] = {
+            "return_tensors": "pt",
+            "padding": True,
+            "add_special_tokens": self._add_special(prompts[0]),
+        }
+        if offsets and getattr(self.tokenizer, "is_fast", False):
+            kwargs["return_offsets_mapping"] = True
+        enc = self.tokenizer(list(prompts), **kwargs)
         lengths = enc.attention_mask.sum(dim=1)
         longest = int(lengths.max())
         if longest > self.max_prompt_tokens:
@@ -248,7 +268,8 @@ class LanguageModel:
                 f"max_new_tokens {self.config.generation.max_new_tokens}). Shorten the query "
                 f"or the passages."
             )
-        return enc.input_ids.to(self._device), enc.attention_mask.to(self._device)
+        mapping = enc.get("offset_mapping")
+        return enc.input_ids.to(self._device), enc.attention_mask.to(self._device), mapping
 
     def _forward(
         self,
@@ -269,22 +290,77 @@ class LanguageModel:
             kwargs["logits_to_keep"] = 1
         return self.model(**kwargs)
 
-    def prefill(self, prompts: Sequence[str]) -> Prefill:
+    def _question_spans(
+        self,
+        prompts: Sequence[str],
+        questions: Sequence[str],
+        attention_mask: torch.Tensor,
+        offsets: Any,
+    ) -> QuestionSpans:
+        """Token positions of each question inside its (left-padded) prompt.
+
+        The question is found as the last occurrence of its whitespace-normalised text in the
+        prompt (few-shot examples come before it); a token belongs to it when its character span
+        overlaps the question's.
+        """
+        if len(questions) != len(prompts):
+            raise InputError(f"{len(questions)} questions for {len(prompts)} prompts")
+        width = attention_mask.shape[1]
+        mask = torch.zeros((len(prompts), width), dtype=torch.float32)
+        for b, (prompt, question) in enumerate(zip(prompts, questions, strict=True)):
+            text = " ".join(str(question).split())
+            start = prompt.rfind(text) if text else -1
+            if start < 0:
+                raise KnowgateError(
+                    f"question {text[:60]!r} does not occur in its prompt; question positions "
+                    "need the prompt to contain the question text verbatim"
+                )
+            stop = start + len(text)
+            pad = width - int(attention_mask[b].sum())
+            if offsets is not None:
+                for j, (lo, hi) in enumerate(offsets[b].tolist()):
+                    if j >= pad and hi > start and lo < stop and hi > lo:
+                        mask[b, j] = 1.0
+            else:  # slow tokenizer: count the tokens before and through the question
+                special = self._add_special(prompt)
+                before = len(self.tokenizer(prompt[:start], add_special_tokens=special).input_ids)
+                through = len(self.tokenizer(prompt[:stop], add_special_tokens=special).input_ids)
+                mask[b, pad + before : pad + max(through, before + 1)] = 1.0
+            if mask[b].sum() < 1:
+                raise KnowgateError(f"no prompt token covers the question {text[:60]!r}")
+        positions = torch.arange(width).expand(len(prompts), width)
+        end = torch.where(mask > 0, positions, torch.full_like(positions, -1)).max(dim=1).values
+        return QuestionSpans(end=end, mask=mask)
+
+    def prefill(self, prompts: Sequence[str], *, questions: Sequence[str] | None = None) -> Prefill:
         """One forward pass over the prompts with capture hooks on.
+
+        Args:
+            prompts: the formatted prompts.
+            questions: the question text inside each prompt; with them, activations are also
+                captured at the question's last token and averaged over its tokens
+                (:data:`knowgate.signals.POSITIONS`).
 
         Raises:
             InputError: a prompt is empty, not a string, or longer than the context allows.
+            KnowgateError: a question does not occur in its prompt.
         """
-        input_ids, attention_mask = self._encode(prompts)
+        input_ids, attention_mask, offsets = self._encode(prompts, offsets=questions is not None)
+        spans = (
+            self._question_spans(prompts, questions, attention_mask.cpu(), offsets)
+            if questions is not None
+            else None
+        )
         position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
         with self._lock, torch.inference_mode():
             start = time.perf_counter()
-            with capture_last_token(self.layout, self.layers) as cap:
+            with capture_positions(self.layout, self.layers, spans) as cap:
                 out = self._forward(input_ids, attention_mask, position_ids, None)
             next_logits = out.logits[:, -1, :]
-            hidden, mlp = cap.stacked(self.layers)
-            _, entropy, logprob, margin = summarize_logits(next_logits)
+            stacked = {p: cap.stacked(self.layers, p) for p in cap.positions}
+            _, entropy, logprob, margin, logit_margin = summarize_logits(next_logits)
             seconds = time.perf_counter() - start
+        hidden, mlp = stacked[PROMPT_END]
         captures = [
             ForwardCapture(
                 layers=self.layers,
@@ -295,7 +371,14 @@ class LanguageModel:
                     np.array([float(entropy[b])]),
                     np.array([float(logprob[b])]),
                     np.array([float(margin[b])]),
+                    np.array([float(logit_margin[b])]),
                 ),
+                positions={
+                    p: PositionStates(h[b].numpy(), m[b].numpy())
+                    for p, (h, m) in stacked.items()
+                    if p != PROMPT_END
+                },
+                question_states=cap.question_states[b].numpy() if cap.question_states else None,
             )
             for b in range(len(prompts))
         ]
@@ -354,30 +437,136 @@ class LanguageModel:
                 cache.reorder_cache(index)
                 attention_mask = attention_mask[index]
                 logits = logits[index]
-            positions = attention_mask.long().sum(dim=1, keepdim=True) - 1
-            n = len(selected)
-            finished = torch.zeros(n, dtype=torch.bool, device=self._device)
-            steps: list[tuple[torch.Tensor, ...]] = []
-            pad = self.tokenizer.pad_token_id
-            for step in range(limit):
-                token, entropy, logprob, margin = summarize_logits(logits)
-                steps.append((token, entropy, logprob, margin, finished.clone()))
-                finished = finished | torch.isin(token, stop_ids)
-                if bool(finished.all()) or step == limit - 1:
-                    break
-                feed = torch.where(finished, torch.full_like(token, pad), token)
-                attention_mask = torch.cat(
-                    [
-                        attention_mask,
-                        torch.ones((n, 1), dtype=attention_mask.dtype, device=self._device),
-                    ],
-                    dim=1,
-                )
-                positions = positions + 1
-                out = self._forward(feed[:, None], attention_mask, positions, cache)
-                logits = out.logits[:, -1, :]
+            steps = self._decode_steps(cache, attention_mask, logits, limit, stop_ids)
             seconds = time.perf_counter() - start
         return self._assemble_drafts(steps, stop_ids, seconds, stop_at_newline)
+
+    def _decode_steps(
+        self,
+        cache: Any,
+        attention_mask: torch.Tensor,
+        logits: torch.Tensor,
+        limit: int,
+        stop_ids: torch.Tensor,
+        choose: Any = None,
+    ) -> list[tuple[torch.Tensor, ...]]:
+        """The decode loop: per step the token, its distribution summary and a finished flag.
+
+        ``choose`` maps ``[B, V]`` logits to ``[B]`` tokens (default greedy, the arg-max).
+        """
+        positions = attention_mask.long().sum(dim=1, keepdim=True) - 1
+        n = attention_mask.shape[0]
+        finished = torch.zeros(n, dtype=torch.bool, device=self._device)
+        steps: list[tuple[torch.Tensor, ...]] = []
+        pad = self.tokenizer.pad_token_id
+        for step in range(limit):
+            token, entropy, logprob, margin, logit_margin = summarize_logits(logits)
+            if choose is not None:
+                token = choose(logits)
+            steps.append((token, entropy, logprob, margin, logit_margin, finished.clone()))
+            finished = finished | torch.isin(token, stop_ids)
+            if bool(finished.all()) or step == limit - 1:
+                break
+            feed = torch.where(finished, torch.full_like(token, pad), token)
+            attention_mask = torch.cat(
+                [
+                    attention_mask,
+                    torch.ones((n, 1), dtype=attention_mask.dtype, device=self._device),
+                ],
+                dim=1,
+            )
+            positions = positions + 1
+            out = self._forward(feed[:, None], attention_mask, positions, cache)
+            logits = out.logits[:, -1, :]
+        return steps
+
+    def sample(
+        self,
+        prompts: Sequence[str],
+        *,
+        k: int,
+        temperature: float = 1.0,
+        max_new_tokens: int | None = None,
+        seed: int = 0,
+    ) -> list[list[Draft]]:
+        """``k`` answers per prompt sampled at ``temperature`` from one shared prefill.
+
+        The prompt is run once; its KV cache is repeated ``k`` times and every copy decodes with
+        multinomial sampling (seeded, so a run is reproducible). This is the expensive reference
+        of the sampling-consistency peers (SelfCheckGPT, SeaKR): ``k`` extra decodes per query.
+
+        Raises:
+            InputError: ``k`` < 1 or ``temperature`` <= 0, or a bad prompt.
+        """
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise InputError(f"k must be a positive integer, got {k!r}")
+        if not temperature > 0:
+            raise InputError(f"temperature must be > 0, got {temperature!r}")
+        input_ids, attention_mask, _ = self._encode(prompts)
+        position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+        limit = max_new_tokens or self.config.generation.max_new_tokens
+        stop_at_newline = self.config.generation.stop_at_newline
+        stop_ids = self.stop_token_ids(stop_at_newline)
+        generator = torch.Generator(device=self._device).manual_seed(seed)
+
+        def choose(logits: torch.Tensor) -> torch.Tensor:
+            probs = torch.softmax(logits.float() / temperature, dim=-1)
+            return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+        with self._lock, torch.inference_mode():
+            start = time.perf_counter()
+            out = self._forward(input_ids, attention_mask, position_ids, None)
+            cache = out.cache if hasattr(out, "cache") else out.past_key_values
+            cache.batch_repeat_interleave(k)
+            steps = self._decode_steps(
+                cache,
+                attention_mask.repeat_interleave(k, dim=0),
+                out.logits[:, -1, :].repeat_interleave(k, dim=0),
+                limit,
+                stop_ids,
+                choose,
+            )
+            seconds = time.perf_counter() - start
+        drafts = self._assemble_drafts(steps, stop_ids, seconds, stop_at_newline)
+        return [drafts[i * k : (i + 1) * k] for i in range(len(prompts))]
+
+    def next_token_probability(
+        self, prompts: Sequence[str], words: Sequence[str]
+    ) -> NDArray[np.float64]:
+        """P(the next token spells one of ``words``) for each prompt, from one prefill.
+
+        A word's tokens are the single-token encodings of its spellings with and without a
+        leading space and in lower, title and upper case ("yes", " Yes", ...). Used by the
+        self-routing peer: P(yes) to "can you answer this from memory?".
+
+        Returns:
+            ``[len(prompts), len(words)]`` probabilities.
+
+        Raises:
+            InputError: a word has no single-token spelling in this tokenizer.
+        """
+        ids = [self._single_token_ids(w) for w in words]
+        input_ids, attention_mask, _ = self._encode(prompts)
+        position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+        with self._lock, torch.inference_mode():
+            out = self._forward(input_ids, attention_mask, position_ids, None)
+            probs = torch.softmax(out.logits[:, -1, :].float(), dim=-1)
+        return np.stack(
+            [probs[:, sorted(i)].sum(dim=1).double().cpu().numpy() for i in ids], axis=1
+        )
+
+    def _single_token_ids(self, word: str) -> set[int]:
+        ids: set[int] = set()
+        for form in {word.lower(), word.title(), word.upper()}:
+            for text in (form, " " + form):
+                encoded = self.tokenizer(text, add_special_tokens=False).input_ids
+                if len(encoded) == 1:
+                    ids.add(int(encoded[0]))
+        if not ids:
+            raise InputError(
+                f"{word!r} has no single-token spelling in {self.model_id}'s tokenizer"
+            )
+        return ids
 
     def _assemble_drafts(
         self,
@@ -386,8 +575,8 @@ class LanguageModel:
         seconds: float,
         stop_at_newline: bool,
     ) -> list[Draft]:
-        tokens, entropy, logprob, margin, done_before = (
-            torch.stack([s[i] for s in steps], dim=1).cpu() for i in range(5)
+        tokens, entropy, logprob, margin, logit_margin, done_before = (
+            torch.stack([s[i] for s in steps], dim=1).cpu() for i in range(6)
         )
         stop_set = set(stop_ids.tolist())
         eos_set = self._eos_ids()
@@ -407,6 +596,7 @@ class LanguageModel:
                 entropy[b, span].double().numpy(),
                 logprob[b, span].double().numpy(),
                 margin[b, span].double().numpy(),
+                logit_margin[b, span].double().numpy(),
             )
             text = self.tokenizer.decode(ids[:content], skip_special_tokens=True)
             if stop_at_newline:

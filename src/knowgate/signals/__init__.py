@@ -1,25 +1,30 @@
 """Signals: pure functions from captured activations and token statistics to named features."""
 
 from knowgate.signals import sparsity, uncertainty
-from knowgate.signals.capture import ForwardCapture, TokenStats
+from knowgate.signals.capture import ForwardCapture, PositionStates, TokenStats
 from knowgate.signals.registry import (
+    POSITIONS,
     FeatureSpec,
     SignalConfig,
     compute_features,
     feature_names,
     feature_specs,
+    register_external_feature,
     register_sparsity_metric,
     register_uncertainty_feature,
 )
 
 __all__ = [
+    "POSITIONS",
     "FeatureSpec",
     "ForwardCapture",
+    "PositionStates",
     "SignalConfig",
     "TokenStats",
     "compute_features",
     "feature_names",
     "feature_specs",
+    "register_external_feature",
     "register_sparsity_metric",
     "register_uncertainty_feature",
     "sparsity",

@@ -1,10 +1,12 @@
 """Named features: a registry from feature names to the functions that compute them.
 
-Feature names say what a value is: ``{site}_{metric}_{aggregate}`` for sparsity
-(``hidden_hoyer_last``, ``mlp_near_zero_fraction_mean``, ``hidden_top5_energy_layer12``) and
-``next_token_*`` / ``draft_*`` for uncertainty. Policies and configs refer to features by these
-names only, so new metrics plug in with :func:`register_sparsity_metric` /
-:func:`register_uncertainty_feature` without touching the policies.
+Feature names say what a value is: ``{site}_{metric}_{aggregate}`` for sparsity at the last
+prompt token (``hidden_hoyer_last``, ``mlp_near_zero_fraction_mean``,
+``hidden_top5_energy_layer12``), with ``_at_{position}`` appended at another prompt position
+(``hidden_hoyer_last_at_question_end``); ``next_token_*`` / ``draft_*`` for uncertainty. Policies
+and configs refer to features by these names only, so new metrics plug in with
+:func:`register_sparsity_metric` / :func:`register_uncertainty_feature` without touching the
+policies.
 """
 
 from __future__ import annotations
@@ -24,9 +26,17 @@ from knowgate.signals import question, sparsity, uncertainty
 from knowgate.signals.capture import ForwardCapture, TokenStats
 
 Site = Literal["hidden", "mlp"]
-Stage = Literal["prefill", "draft"]
-Family = Literal["sparsity", "uncertainty", "question"]
+Stage = Literal["prefill", "draft", "sampling", "self_report"]
+"""When a feature is available: ``prefill`` (before generation, free with the answer's prefill),
+``draft`` (after the greedy closed-book draft), ``sampling`` (after extra sampled answers) and
+``self_report`` (after one extra prompt asking the model whether it knows)."""
+Family = Literal["sparsity", "uncertainty", "question", "consistency", "self_report"]
 Aggregate = Literal["last", "mid", "mean"]
+Position = Literal["prompt_end", "question_end", "question_mean"]
+POSITIONS: tuple[Position, ...] = ("prompt_end", "question_end", "question_mean")
+"""Where in the prompt activations are read: the last prompt token (a template token for chat
+prompts), the question's last token, and the mean over the question's tokens."""
+QUESTION_EFFECTIVE_RANK = "hidden_effective_rank_question"
 
 SparsityFn = Callable[[NDArray[np.floating], "SignalConfig"], NDArray[np.float64]]
 UncertaintyFn = Callable[[TokenStats], float]
@@ -41,11 +51,27 @@ class SignalConfig(StrictModel):
         per_layer: decoder-block indices (negative counts from the end) that also get one feature
             per layer, e.g. ``[-1, -2]``; they must be captured by the runner.
         near_zero_eps: threshold for ``mlp_near_zero_fraction``.
+        positions: prompt positions whose sparsity is computed (``prompt_end`` features have no
+            suffix, others end in ``_at_{position}``). Question positions also add
+            ``hidden_effective_rank_question``; they need the runner to know the question text.
     """
 
     aggregates: tuple[Aggregate, ...] = ("last", "mid", "mean")
     per_layer: tuple[int, ...] = ()
     near_zero_eps: float = Field(default=1e-2, gt=0)
+    positions: tuple[Position, ...] = ("prompt_end",)
+
+    @field_validator("positions")
+    @classmethod
+    def _unique_positions(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError("positions must be non-empty and unique")
+        return v
+
+    @property
+    def question_positions(self) -> bool:
+        """Whether any configured position lies inside the question."""
+        return any(p != "prompt_end" for p in self.positions)
 
     @field_validator("aggregates")
     @classmethod
@@ -117,9 +143,9 @@ register_sparsity_metric(
     "fraction of |h| above mean+std (higher = denser)",
 )
 register_sparsity_metric(
-    "effective_rank",
-    _metric(sparsity.effective_rank),
-    "exp(entropy of |h|/sum|h|)/d (higher = denser)",
+    "magnitude_evenness",
+    _metric(sparsity.magnitude_evenness),
+    "exp(entropy of |h|/sum|h|)/d, the evenness of unit magnitudes (higher = denser)",
 )
 register_sparsity_metric(
     "hoyer", _metric(sparsity.hoyer), "Hoyer sparsity, 0 dense .. 1 one-hot (higher = sparser)"
@@ -160,8 +186,38 @@ register_uncertainty_feature(
     "draft_perplexity", uncertainty.perplexity, "draft", "perplexity of the draft"
 )
 register_uncertainty_feature(
-    "draft_first_margin", uncertainty.first_margin, "draft", "top1-top2 prob, first draft token"
+    "next_token_logit_margin",
+    uncertainty.first_logit_margin,
+    "prefill",
+    "top1-top2 logit at end of prompt",
 )
+register_uncertainty_feature(
+    "draft_mean_logit_margin",
+    uncertainty.mean_logit_margin,
+    "draft",
+    "mean top1-top2 logit over the draft (TARG)",
+)
+register_uncertainty_feature(
+    "draft_min_logit_margin",
+    uncertainty.min_logit_margin,
+    "draft",
+    "smallest top1-top2 logit over the draft",
+)
+# The draft's first token is chosen from the prefill's own next-token distribution, so any
+# "first draft token" statistic duplicates the next_token_* feature; none is registered.
+
+_EXTERNAL: dict[str, FeatureSpec] = {}
+
+
+def register_external_feature(name: str, family: Family, stage: Stage, description: str) -> None:
+    """Name a feature computed outside :func:`compute_features` (from extra model calls).
+
+    Consistency features come from sampled answers, self-report features from one extra
+    prompt; registering them lets policies, configs and reports refer to them like the rest.
+    """
+    if name in _EXTERNAL:
+        raise SignalError(f"feature {name!r} is already registered")
+    _EXTERNAL[name] = FeatureSpec(name, family, stage, description)
 
 
 def _layer_suffixes(config: SignalConfig) -> list[str]:
@@ -170,19 +226,36 @@ def _layer_suffixes(config: SignalConfig) -> list[str]:
     ]
 
 
+def _position_suffix(position: str) -> str:
+    return "" if position == "prompt_end" else f"_at_{position}"
+
+
 def feature_specs(config: SignalConfig | None = None) -> dict[str, FeatureSpec]:
     """Every feature name the given config produces, in a stable order."""
     config = config or SignalConfig()
     specs: dict[str, FeatureSpec] = {}
-    for site in ("hidden", "mlp"):
-        for metric, m in _SPARSITY.items():
-            if site not in m.sites:
-                continue
-            for suffix in _layer_suffixes(config):
-                name = f"{site}_{metric}_{suffix}"
-                specs[name] = FeatureSpec(name, "sparsity", "prefill", f"{m.description}; {suffix}")
+    for position in config.positions:
+        at = _position_suffix(position)
+        for site in ("hidden", "mlp"):
+            for metric, m in _SPARSITY.items():
+                if site not in m.sites:
+                    continue
+                for suffix in _layer_suffixes(config):
+                    name = f"{site}_{metric}_{suffix}{at}"
+                    specs[name] = FeatureSpec(
+                        name, "sparsity", "prefill", f"{m.description}; {suffix}; {position}"
+                    )
+    if config.question_positions:
+        specs[QUESTION_EFFECTIVE_RANK] = FeatureSpec(
+            QUESTION_EFFECTIVE_RANK,
+            "sparsity",
+            "prefill",
+            "effective rank (Roy & Vetterli 2007) of the last captured layer's states over the "
+            "question's tokens (higher = more directions used)",
+        )
     for name, u in _UNCERTAINTY.items():
         specs[name] = FeatureSpec(name, "uncertainty", u.stage, u.description)
+    specs.update(_EXTERNAL)
     # Question-only features need no forward pass (available before generation); they are
     # computed from the question by signals.question.compute_question_features, not by
     # compute_features(capture).
@@ -233,21 +306,33 @@ def compute_features(
 ) -> dict[str, float]:
     """Compute every named feature of one capture.
 
-    Draft features are present only when the capture has a draft. Raises :class:`SignalError` on
-    non-finite or degenerate input instead of returning NaN.
+    Draft features are present only when the capture has a draft; consistency and self-report
+    features come from extra model calls and are not computed here. Raises
+    :class:`SignalError` on non-finite or degenerate input instead of returning NaN.
     """
     config = config or SignalConfig()
     rows = _layer_rows(capture, config)
     out: dict[str, float] = {}
-    arrays: dict[str, NDArray[np.floating]] = {"hidden": capture.hidden, "mlp": capture.mlp}
-    for site, arr in arrays.items():
-        for metric, m in _SPARSITY.items():
-            if site not in m.sites:
-                continue
-            per_layer = m.fn(arr, config)
-            for suffix in _layer_suffixes(config):
-                key = f"{site}_{metric}_{suffix}"
-                out[key] = float(per_layer.mean() if suffix == "mean" else per_layer[rows[suffix]])
+    for position in config.positions:
+        states = capture.at(position)
+        at = _position_suffix(position)
+        arrays: dict[str, NDArray[np.floating]] = {"hidden": states.hidden, "mlp": states.mlp}
+        for site, arr in arrays.items():
+            for metric, m in _SPARSITY.items():
+                if site not in m.sites:
+                    continue
+                per_layer = m.fn(arr, config)
+                for suffix in _layer_suffixes(config):
+                    key = f"{site}_{metric}_{suffix}{at}"
+                    value = per_layer.mean() if suffix == "mean" else per_layer[rows[suffix]]
+                    out[key] = float(value)
+    if config.question_positions:
+        if capture.question_states is None:
+            raise SignalError(
+                f"{QUESTION_EFFECTIVE_RANK} needs the question's token states; the runner "
+                "captures them when it knows the question text"
+            )
+        out[QUESTION_EFFECTIVE_RANK] = sparsity.effective_rank(capture.question_states)
     for name, u in _UNCERTAINTY.items():
         if u.stage == "prefill":
             out[name] = u.fn(capture.next_token)

@@ -7,7 +7,7 @@ measures used there. Each is a pure function of an array whose last axis is the 
 and returns one value per leading index, so a ``[layers, d]`` capture gives ``[layers]`` values.
 
 Conventions: larger ``hoyer``/``gini``/``top*_energy`` means *sparser*; larger ``l0_density``/
-``effective_rank`` means *denser*.
+``magnitude_evenness`` means *denser*.
 """
 
 from __future__ import annotations
@@ -61,14 +61,43 @@ def topk_energy(h: ArrayLike, percent: float) -> FloatArray:
     return np.asarray(top.sum(axis=-1) / e.sum(axis=-1), dtype=np.float64)
 
 
-def effective_rank(h: ArrayLike) -> FloatArray:
-    """exp(entropy of |h| / sum|h|) / d: 1 for constant magnitude, 1/d for a one-hot vector."""
-    a = np.abs(_as_activations(h, "effective_rank"))
+def magnitude_evenness(h: ArrayLike) -> FloatArray:
+    """exp(entropy of |h| / sum|h|) / d: 1 for constant magnitude, 1/d for a one-hot vector.
+
+    The Buzas-Gibson evenness of the unit magnitudes of *one* vector (the exponentiated entropy
+    is the number of "effectively used" units; divided by d it is their share). Not a rank: see
+    :func:`effective_rank` for the rank of a matrix of states.
+    """
+    a = np.abs(_as_activations(h, "magnitude_evenness"))
     p = a / a.sum(axis=-1, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
         plogp = np.where(p > 0, p * np.log(p), 0.0)
     entropy = -plogp.sum(axis=-1)
     return np.asarray(np.exp(entropy) / a.shape[-1], dtype=np.float64)
+
+
+def effective_rank(states: ArrayLike) -> float:
+    """Effective rank of a ``[n, d]`` matrix: exp(entropy of its normalised singular values).
+
+    Roy & Vetterli (2007), "The effective rank: a measure of effective dimensionality": 1 when
+    all rows are multiples of one vector, ``min(n, d)`` when the singular values are equal. Used
+    on the states of a prompt's tokens: how many directions the representation spreads over.
+
+    Raises:
+        SignalError: fewer than one row, non-finite values, or an all-zero matrix.
+    """
+    m = np.asarray(states, dtype=np.float64)
+    if m.ndim != 2 or m.shape[0] < 1 or m.shape[1] < 1:
+        raise SignalError(f"effective_rank: expected a non-empty [n, d] matrix, got {m.shape}")
+    if not np.all(np.isfinite(m)):
+        raise SignalError("effective_rank: the matrix contains non-finite values")
+    sigma = np.linalg.svd(m, compute_uv=False)
+    total = sigma.sum()
+    if total <= 0:
+        raise SignalError("effective_rank: an all-zero matrix has no defined rank")
+    p = sigma / total
+    p = p[p > 0]
+    return float(np.exp(-(p * np.log(p)).sum()))
 
 
 def hoyer(h: ArrayLike) -> FloatArray:

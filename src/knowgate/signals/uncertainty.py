@@ -10,6 +10,7 @@ the functions here aggregate them. Larger entropy / smaller probability and marg
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import NDArray
 
 from knowgate.errors import SignalError
 from knowgate.signals.capture import TokenStats
@@ -64,3 +65,26 @@ def first_entropy(stats: TokenStats) -> float:
 def first_prob(stats: TokenStats) -> float:
     """Chosen-token probability at the first position (the max-prob under greedy decoding)."""
     return float(np.exp(_nonempty(stats, "first_prob").logprob[0]))
+
+
+def _logit_margins(stats: TokenStats, name: str) -> NDArray[np.float64]:
+    return _nonempty(stats, name).logit_margin
+
+
+def first_logit_margin(stats: TokenStats) -> float:
+    """Top-1 minus top-2 logit at the first position."""
+    return float(_logit_margins(stats, "first_logit_margin")[0])
+
+
+def mean_logit_margin(stats: TokenStats) -> float:
+    """Mean top-1 minus top-2 logit over the positions: TARG's margin signal.
+
+    TARG (arXiv 2511.09803) gates retrieval on the margin of a short no-context draft and finds it
+    the robust default for instruction-tuned models.
+    """
+    return float(_logit_margins(stats, "mean_logit_margin").mean())
+
+
+def min_logit_margin(stats: TokenStats) -> float:
+    """Smallest top-1 minus top-2 logit over the positions: the closest call of the answer."""
+    return float(_logit_margins(stats, "min_logit_margin").min())
