@@ -148,6 +148,8 @@ def test_echo_aliases_lists_aliases_in_the_question_even_when_answered():
         ("It is 'IN'.", True),
         ("IN, i.e. India", True),
         ("IN - India", True),
+        ("The answer is IN.", True),
+        ("The answer is in the Kansai region.", False),
         ("Kyoto is in Japan", False),
         ("In Japan.", False),
         ("Kyoto is in Japan, in Asia.", False),
@@ -178,6 +180,7 @@ def test_short_alias_counts_only_where_the_answer_sets_it_apart(answer, correct)
         ("Which band recorded My Generation?", "The band: The Who.", ["The Who"], True),
         ("Is Pluto a planet now?", "No, it is a dwarf planet.", ["no"], True),
         ("Is Pluto a planet now?", "There is no doubt that it is one.", ["no"], False),
+        ("Is Pluto a planet now?", "The answer is no, it is not.", ["no"], True),
         # Numbers are not common words.
         ("How many players are on a football team?", "There are 11 players.", ["11"], True),
         # Longer acronyms are ordinary aliases.

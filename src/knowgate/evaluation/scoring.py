@@ -25,8 +25,9 @@ article). On top of containment, three rules keep wrong answers from counting as
    collides with ordinary words ("Kyoto is in Japan"). It counts only where the answer sets it
    apart: as the whole answer, as a whole clause segment (the text between two clause marks
    ``, ; . ! ? :``, a spaced dash or a line break, or the start or end of the answer: "IN,
-   India", "Answer: IN", "Born in London, UK."), or as a whole quoted or bracketed span
-   ('"IN"', "(UK)"). A short word alone between clause marks is a name or a code, not prose.
+   India", "Answer: IN", "Born in London, UK."), as the whole rest of a clause after "the answer
+   is" ("The answer is No."), or as a whole quoted or bracketed span ('"IN"', "(UK)"). A short
+   word alone between clause marks or after an answer marker is a name or a code, not prose.
    Numbers are exempt: "11" in "There are 11 players" is not a common word.
 
 Exact match is SQuAD's (the normalised answer equals a normalised alias) and token F1 is SQuAD's
@@ -55,6 +56,8 @@ _QUESTION_WORDS = frozenset(
 _ECHO_NEUTRAL = FUNCTION_WORDS - _QUESTION_WORDS
 # Clause marks: a short alias alone between two of them is set apart from the prose.
 _CLAUSE_MARK = re.compile(r"[,;.!?:\n\u2013\u2014]| - ")
+# "The answer is X": X up to the next clause mark is set apart like "Answer: X".
+_ANSWER_IS = re.compile(r"\banswers?\s+(?:is|was|are|were)\s+", re.IGNORECASE)
 # Quoted or bracketed spans. A single quote opens only after a space or a bracket (not inside
 # "John's") and closes only before a space, punctuation or the end.
 _DELIMITED = re.compile(
@@ -155,11 +158,15 @@ def _delimited_spans(answer: TokenizedText) -> set[tuple[int, int]]:
         if first < last:
             spans.add((first, last))
 
+    marks = [(mark.start(), mark.end()) for mark in _CLAUSE_MARK.finditer(folded)]
     segment_start = 0
-    for mark in _CLAUSE_MARK.finditer(folded):
-        add(segment_start, mark.start())
-        segment_start = mark.end()
+    for mark_start, mark_end in marks:
+        add(segment_start, mark_start)
+        segment_start = mark_end
     add(segment_start, len(folded))
+    for match in _ANSWER_IS.finditer(folded):
+        stop = next((start for start, _ in marks if start >= match.end()), len(folded))
+        add(match.end(), stop)
     for match in _DELIMITED.finditer(folded):
         group = next(i for i in range(1, len(match.groups()) + 1) if match.group(i) is not None)
         add(match.start(group), match.end(group))
