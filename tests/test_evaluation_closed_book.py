@@ -1,8 +1,9 @@
 """The closed-book cache, exercised with a fake model runner (no torch, fast)."""
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+import numpy as np
 import pytest
 
 from knowgate.errors import DataError
@@ -14,30 +15,59 @@ from knowgate.evaluation.closed_book import (
 )
 from knowgate.evaluation.datasets import load_dataset
 from knowgate.models.config import ModelConfig, PromptConfig
+from knowgate.signals import ForwardCapture, PositionStates, TokenStats
+
+N_LAYERS = 4
 
 
 @dataclass
 class _Draft:
     text: str
+    stats: TokenStats
     stop_reason: str = "eos"
     seconds: float = 0.01
 
 
 @dataclass
-class _Out:
-    answer: str
-    prompt_tokens: int
-    feats: dict
-    prefill_seconds: float = 0.02
-    draft: _Draft = field(default_factory=lambda: _Draft(""))
+class _Prefill:
+    captures: list
+    prompt_tokens: list
+    answers: list
+    seconds: float = 0.02
 
-    def features(self):
-        return self.feats
+
+@dataclass
+class _Layout:
+    num_layers: int = N_LAYERS
 
 
 class _Model:
     def state_dict(self):
         return {}
+
+
+def _stats(value: float, n: int = 1) -> TokenStats:
+    return TokenStats.from_lists([value] * n, [-0.5] * n, [0.3] * n, [1.5] * n)
+
+
+def _capture(number: int) -> ForwardCapture:
+    """Synthetic activations whose values encode the question number and the position."""
+    rng = np.random.default_rng(number)
+
+    def states(offset: float) -> PositionStates:
+        hidden = rng.normal(size=(N_LAYERS, 8)).astype(np.float32) + offset
+        return PositionStates(hidden, rng.normal(size=(N_LAYERS, 12)).astype(np.float32))
+
+    end = states(100.0 * number)
+    return ForwardCapture(
+        layers=tuple(range(N_LAYERS)),
+        num_layers=N_LAYERS,
+        hidden=end.hidden,
+        mlp=end.mlp,
+        next_token=_stats(float(number)),
+        positions={"question_end": states(1.0), "question_mean": states(2.0)},
+        question_states=rng.normal(size=(3, 8)).astype(np.float32),
+    )
 
 
 class FakeLM:
@@ -46,28 +76,25 @@ class FakeLM:
     def __init__(self, model_id="fake-lm", system_prompt="Answer briefly."):
         self.model_id = model_id
         self.config = ModelConfig(source=model_id, prompt=PromptConfig(system_prompt=system_prompt))
-        self.layers = (0, 1)
+        self.layers = tuple(range(N_LAYERS))
+        self.layout = _Layout()
         self.model = _Model()
         self.prompts_run: list[str] = []
+        self.questions_seen: list[str] = []
 
     def format_prompt(self, question, passages=None):
         return f"{self.config.prompt.system_prompt}\nQ: {question}\nA:"
 
-    def run(self, prompts, *, batch_size=None, max_new_tokens=None, progress=False):
+    def prefill(self, prompts, *, questions=None):
+        assert questions is not None and len(questions) == len(prompts)
         self.prompts_run.extend(prompts)
-        outs = []
-        for p in prompts:
-            number = int(p.split("number ")[1].split("?")[0])
-            answer = f"answer {number}" if number % 2 == 0 else "no idea"
-            outs.append(
-                _Out(
-                    answer,
-                    len(p.split()),
-                    {"next_token_entropy": float(number), "hidden_hoyer_last": 0.5},
-                    draft=_Draft(answer),
-                )
-            )
-        return outs
+        self.questions_seen.extend(questions)
+        numbers = [int(p.split("number ")[1].split("?")[0]) for p in prompts]
+        answers = [f"answer {n}" if n % 2 == 0 else "no idea" for n in numbers]
+        return _Prefill([_capture(n) for n in numbers], [len(p.split()) for p in prompts], answers)
+
+    def decode(self, pre, *, max_new_tokens=None):
+        return [_Draft(a, _stats(0.25, 2)) for a in pre.answers]
 
 
 @pytest.fixture
@@ -99,6 +126,40 @@ def test_run_scores_and_caches(tmp_path, dataset):
     assert header["model_id"] == "fake-lm" and header["dataset"]["name"] == "toy"
     assert len(rows) == 20
     assert load_closed_book(path, dataset)[4].answer == "answer 4"
+    assert lm.questions_seen[:3] == ["What is number 0?", "What is number 1?", "What is number 2?"]
+
+
+def test_records_every_position_and_stores_probe_arrays(tmp_path, dataset):
+    from knowgate.evaluation.answer_cache import load_arrays
+    from knowgate.evaluation.closed_book import probe_layers
+    from knowgate.signals import sparsity_table_names
+    from knowgate.signals.sparsity import hoyer
+
+    lm = FakeLM()
+    records = run_closed_book(lm, dataset, cache_dir=tmp_path, batch_size=6, progress=False)
+    assert "hidden_hoyer_last_at_question_end" in records[0].features
+    assert "draft_mean_logit_margin" in records[0].features
+    path = closed_book_cache_path(lm, dataset, tmp_path)
+    _, rows, _ = read_cache(path)
+    arrays = load_arrays(path, [rows[ex.id] for ex in dataset])
+    stored = probe_layers(N_LAYERS)
+    assert arrays["probe_hidden"].shape == (20, len(stored), 3, 8)
+    assert arrays["probe_hidden"].dtype == np.float16
+    # question 7's prompt-end state carries the offset 700 the fake put there
+    expected = _capture(7).hidden[list(stored)]
+    np.testing.assert_allclose(arrays["probe_hidden"][7, :, 0], expected, rtol=1e-3, atol=0.5)
+    table = arrays["sparsity_by_layer"]
+    assert table.shape == (20, len(sparsity_table_names()), 3, N_LAYERS)
+    row = sparsity_table_names().index("hidden_hoyer")
+    np.testing.assert_allclose(table[5, row, 1], hoyer(_capture(5).at("question_end").hidden))
+
+
+def test_probe_layers_spread_evenly_and_include_the_last():
+    from knowgate.evaluation.closed_book import probe_layers
+
+    assert probe_layers(30) == (2, 5, 8, 11, 14, 17, 20, 23, 26, 29)
+    assert probe_layers(4) == (0, 1, 2, 3)
+    assert probe_layers(18)[-1] == 17 and len(probe_layers(18)) == 10
 
 
 def test_resume_after_interruption(tmp_path, dataset):
@@ -159,11 +220,10 @@ def test_load_closed_book_needs_a_complete_cache(tmp_path, dataset):
 
 
 class EchoLM(FakeLM):
-    def run(self, prompts, **kwargs):
-        outs = super().run(prompts, **kwargs)
-        for out, prompt in zip(outs, prompts, strict=True):
-            out.answer = prompt.split("Q: ")[1].split("\nA:")[0]  # repeats the question
-        return outs
+    def prefill(self, prompts, *, questions=None):
+        pre = super().prefill(prompts, questions=questions)
+        pre.answers = list(questions)  # repeats the question
+        return pre
 
 
 def test_echo_guard_applies_to_cached_answers(tmp_path):

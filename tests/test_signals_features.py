@@ -185,3 +185,44 @@ def test_renamed_and_removed_features() -> None:
     assert {"next_token_logit_margin", "draft_mean_logit_margin", "draft_min_logit_margin"} <= (
         set(names)
     )
+
+
+def test_sampling_consistency_by_hand() -> None:
+    from knowgate.signals.consistency import sampling_consistency
+
+    # normal forms: "paris" x2 agree with the greedy "Paris."; "paris france" and "lyon" do not
+    f = sampling_consistency("Paris.", ["paris", "The Paris", "Paris, France", "Lyon"])
+    assert f["sample_agreement"] == pytest.approx(2 / 4)
+    # token F1 with "paris": 1, 1, 2*(1/2*1)/(1/2+1) = 2/3, 0 -> mean 2/3 / ... = (2 + 2/3) / 4
+    assert f["sample_lexical_similarity"] == pytest.approx((2 + 2 / 3) / 4)
+    with pytest.raises(SignalError, match="non-empty"):
+        sampling_consistency("Paris", [])
+    with pytest.raises(SignalError, match="non-empty"):
+        sampling_consistency("Paris", "Paris")  # type: ignore[arg-type]
+
+
+def test_self_report_renormalises_yes_over_yes_and_no() -> None:
+    from knowgate.signals.consistency import self_report
+
+    assert self_report(0.3, 0.1)["self_report_p_yes"] == pytest.approx(0.75)
+    for bad in [(float("nan"), 0.1), (1.2, 0.1), (0.0, 0.0)]:
+        with pytest.raises(SignalError):
+            self_report(*bad)
+    specs = feature_specs()
+    assert specs["sample_agreement"].stage == "sampling"
+    assert specs["self_report_p_yes"].stage == "self_report"
+
+
+def test_sparsity_by_layer_table() -> None:
+    from knowgate.signals import sparsity_by_layer, sparsity_table_names
+    from knowgate.signals.sparsity import gini
+
+    cfg = SignalConfig(positions=("prompt_end", "question_end"))
+    capture = _with_question_positions(make_capture(n_layers=3))
+    table = sparsity_by_layer(capture, cfg)
+    names = sparsity_table_names()
+    assert table.shape == (len(names), 2, 3)
+    np.testing.assert_allclose(table[names.index("hidden_gini"), 0], gini(capture.hidden))
+    # one-hot rows at question_end: Hoyer 1 on every layer
+    np.testing.assert_allclose(table[names.index("mlp_hoyer"), 1], [1.0, 1.0, 1.0])
+    assert "mlp_near_zero_fraction" in names and "hidden_near_zero_fraction" not in names

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 
 from knowgate.errors import InputError
@@ -192,3 +193,16 @@ def normalize_answer(text: str) -> str:
         InputError: ``text`` is not a string.
     """
     return " ".join(tokenize_answer(text).words)
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """SQuAD token F1 between two already normalised strings."""
+    pred, ref = prediction.split(), reference.split()
+    if not pred or not ref:
+        return float(pred == ref)
+    common = Counter(pred) & Counter(ref)
+    overlap = sum(common.values())
+    if overlap == 0:
+        return 0.0
+    precision, recall = overlap / len(pred), overlap / len(ref)
+    return 2 * precision * recall / (precision + recall)

@@ -11,6 +11,10 @@ on disk and a run never answers a question twice:
   line is dropped (and cut off before appending).
 - **One writer.** An advisory lock on ``<cache>.lock`` refuses a second process running the same
   job, instead of letting both append the same questions.
+- **Arrays beside the lines.** Rows may carry numeric arrays (hidden-state vectors for probes,
+  per-layer signal tables) under :data:`ARRAYS_KEY`; each batch's arrays go to one ``.npz`` file
+  in ``<cache>.arrays/``, written atomically *before* the batch's lines, and each line records
+  its file and index. Arrays are read back with ``allow_pickle=False``: never unpickled.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from knowgate.errors import DataError
@@ -34,7 +39,9 @@ from knowgate.jsonio import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 1  # rows with arrays (below) are an addition old readers ignore
+ARRAYS_KEY = "_arrays"
+"""A row returned by an :data:`AnswerBatch` may hold ``{name: ndarray}`` under this key."""
 
 AnswerBatch = Callable[[Sequence[QAExample]], list[dict[str, Any]]]
 """Answers a batch of questions: one JSON-able row per question (``kind`` and ``id`` are added)."""
@@ -184,6 +191,7 @@ def fill_cache(
                 answered = answer(chunk)
                 if len(answered) != len(chunk):
                     raise DataError(f"{len(answered)} answers for a batch of {len(chunk)}")
+                _store_arrays(path, chunk, answered)
                 lines = []
                 for ex, fields in zip(chunk, answered, strict=True):
                     row = {"kind": "record", "id": ex.id, **fields}
@@ -194,6 +202,74 @@ def fill_cache(
                 os.fsync(fh.fileno())
                 bar.update(len(chunk))
     return rows
+
+
+def arrays_dir(path: Path) -> Path:
+    """The folder holding a cache's array files."""
+    return Path(f"{path}.arrays")
+
+
+def _store_arrays(path: Path, chunk: Sequence[QAExample], answered: list[dict[str, Any]]) -> None:
+    """Move each row's arrays into one ``.npz`` per batch; rows keep a reference to them."""
+    with_arrays = [i for i, fields in enumerate(answered) if ARRAYS_KEY in fields]
+    if not with_arrays:
+        return
+    if len(with_arrays) != len(answered):
+        raise DataError("either every row of a batch carries arrays or none does")
+    names = sorted(answered[0][ARRAYS_KEY])
+    stacked: dict[str, np.ndarray] = {}
+    for name in names:
+        try:
+            stacked[name] = np.stack([np.asarray(f[ARRAYS_KEY][name]) for f in answered])
+        except (KeyError, ValueError) as exc:
+            raise DataError(f"array {name!r} is missing or ragged in a batch: {exc}") from exc
+    digest = hashlib.sha256("\n".join(ex.id for ex in chunk).encode()).hexdigest()[:20]
+    folder = arrays_dir(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"batch-{digest}.npz"
+    tmp = target.with_suffix(".tmp.npz")
+    with tmp.open("wb") as fh:
+        np.savez(fh, **stacked)  # type: ignore[arg-type]
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, target)
+    for index, fields in enumerate(answered):
+        fields[ARRAYS_KEY] = {"file": target.name, "index": index}
+
+
+def load_arrays(
+    path: Path, rows: Sequence[Mapping[str, Any]], names: Sequence[str] | None = None
+) -> dict[str, np.ndarray]:
+    """Stack the arrays of ``rows`` (in order) from the cache's array files.
+
+    Raises:
+        DataError: a row has no arrays, a file is missing or corrupt, or shapes disagree.
+    """
+    folder = arrays_dir(Path(path))
+    files: dict[str, Any] = {}
+    out: dict[str, list[np.ndarray]] = {}
+    try:
+        for row in rows:
+            ref = row.get(ARRAYS_KEY)
+            if not isinstance(ref, Mapping) or "file" not in ref or "index" not in ref:
+                raise DataError(f"{path}: record {row.get('id')!r} has no arrays")
+            name = str(ref["file"])
+            if "/" in name or "\\" in name or not name.endswith(".npz"):
+                raise DataError(f"{path}: bad array file name {name!r}")
+            if name not in files:
+                files[name] = np.load(folder / name, allow_pickle=False)
+            data = files[name]
+            keys = list(names) if names is not None else sorted(data.files)
+            for key in keys:
+                out.setdefault(key, []).append(data[key][int(ref["index"])])
+        return {k: np.stack(v) for k, v in out.items()}
+    except (OSError, ValueError, KeyError, IndexError) as exc:
+        raise DataError(
+            f"{path}: cannot read its arrays ({exc!r}); delete the cache to rerun"
+        ) from exc
+    finally:
+        for data in files.values():
+            data.close()
 
 
 def load_cached_rows(

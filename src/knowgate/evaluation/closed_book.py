@@ -26,8 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from knowgate.errors import DataError
 from knowgate.evaluation.answer_cache import (
+    ARRAYS_KEY,
     CACHE_FORMAT,
     cache_key,
     fill_cache,
@@ -36,6 +39,12 @@ from knowgate.evaluation.answer_cache import (
 )
 from knowgate.evaluation.datasets import QADataset, QAExample
 from knowgate.evaluation.scoring import AnswerScore, score_answer
+from knowgate.signals import (
+    POSITIONS,
+    SignalConfig,
+    compute_features,
+    sparsity_by_layer,
+)
 
 if TYPE_CHECKING:
     from knowgate.models import LanguageModel
@@ -157,11 +166,27 @@ def model_fingerprint(lm: LanguageModel) -> str:
     return fingerprint
 
 
+RUN_SIGNALS = SignalConfig(positions=POSITIONS)
+"""Closed-book runs record every feature at every prompt position (the router reads a subset)."""
+PROBE_LAYER_COUNT = 10
+ARRAY_NAMES = ("probe_hidden", "sparsity_by_layer")
+
+
+def probe_layers(num_layers: int, count: int = PROBE_LAYER_COUNT) -> tuple[int, ...]:
+    """Evenly spaced blocks, the last included, whose hidden states are stored for probes.
+
+    Storing every layer at three positions would cost ~100 KB per question for SmolLM2; ten
+    layers keep the probe's layer search meaningful at a third of that.
+    """
+    count = max(1, min(count, num_layers))
+    return tuple(sorted({round((i + 1) * num_layers / count) - 1 for i in range(count)}))
+
+
 def cache_key_material(
     lm: LanguageModel, dataset: QADataset, *, max_new_tokens: int | None = None
 ) -> dict[str, Any]:
     """Everything a closed-book record depends on, as a JSON-able dict (the cache header)."""
-    from knowgate.signals import feature_names
+    from knowgate.signals import feature_names, sparsity_table_names
 
     generation = lm.config.generation
     probe = lm.format_prompt(_PROBE_QUESTION)
@@ -171,15 +196,29 @@ def cache_key_material(
         "model_fingerprint": model_fingerprint(lm),
         "dtype": lm.config.dtype,
         "layers": list(lm.layers),
-        "prompt": lm.config.prompt.model_dump(mode="json"),
+        # the self-report prompt keys the peer-signal cache, not the answers
+        "prompt": lm.config.prompt.model_dump(mode="json", exclude={"self_report_template"}),
         "prompt_probe_sha256": hashlib.sha256(probe.encode()).hexdigest(),
         "generation": {
             "max_new_tokens": max_new_tokens or generation.max_new_tokens,
             "stop_at_newline": generation.stop_at_newline,
         },
         "feature_names": sorted(
-            n for n in feature_names(family="sparsity") + feature_names(family="uncertainty")
+            feature_names(RUN_SIGNALS, family="sparsity")
+            + feature_names(RUN_SIGNALS, family="uncertainty")
         ),
+        "arrays": {
+            "probe_hidden": {
+                "layers": list(probe_layers(lm.layout.num_layers)),
+                "positions": list(POSITIONS),
+                "dtype": "float16",
+            },
+            "sparsity_by_layer": {
+                "rows": sparsity_table_names(),
+                "positions": list(POSITIONS),
+                "layers": list(lm.layers),
+            },
+        },
         "dataset": {"name": dataset.name, "content_hash": dataset.content_hash},
     }
 
@@ -242,22 +281,37 @@ def run_closed_book(
     material = cache_key_material(lm, dataset, max_new_tokens=max_new_tokens)
     path = closed_book_cache_path(lm, dataset, cache_dir, max_new_tokens=max_new_tokens)
 
+    stored = probe_layers(lm.layout.num_layers)
+
     def answer(chunk: Sequence[QAExample]) -> list[dict[str, Any]]:
-        prompts = [lm.format_prompt(ex.question) for ex in chunk]
-        outputs = lm.run(prompts, batch_size=len(chunk), max_new_tokens=max_new_tokens)
-        return [
-            {
-                "answer": out.answer,
-                "stop_reason": out.draft.stop_reason,
-                "in_accuracy": score_answer(out.answer, ex.golden_answers, ex.question).in_accuracy,
-                "features": out.features(),
-                "prompt_tokens": out.prompt_tokens,
-                "prefill_seconds": round(out.prefill_seconds, 6),
-                "decode_seconds": round(out.draft.seconds, 6),
-                "batch_size": len(chunk),
-            }
-            for ex, out in zip(chunk, outputs, strict=True)
-        ]
+        questions = [ex.question for ex in chunk]
+        prompts = [lm.format_prompt(q) for q in questions]
+        pre = lm.prefill(prompts, questions=questions)
+        drafts = lm.decode(pre, max_new_tokens=max_new_tokens)
+        rows = []
+        for i, draft in enumerate(drafts):
+            capture = pre.captures[i].with_draft(draft.stats)
+            states = np.stack([capture.at(p).hidden for p in POSITIONS], axis=1)  # [L, P, d]
+            rows.append(
+                {
+                    "answer": draft.text,
+                    "stop_reason": draft.stop_reason,
+                    "features": compute_features(capture, RUN_SIGNALS),
+                    "prompt_tokens": pre.prompt_tokens[i],
+                    "prefill_seconds": round(pre.seconds, 6),
+                    "decode_seconds": round(draft.seconds, 6),
+                    "batch_size": len(chunk),
+                    ARRAYS_KEY: {
+                        "probe_hidden": states[[lm.layers.index(j) for j in stored]].astype(
+                            np.float16
+                        ),
+                        "sparsity_by_layer": sparsity_by_layer(capture, RUN_SIGNALS).astype(
+                            np.float32
+                        ),
+                    },
+                }
+            )
+        return rows
 
     rows = fill_cache(
         path,

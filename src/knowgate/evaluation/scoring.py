@@ -39,12 +39,17 @@ from __future__ import annotations
 
 import bisect
 import re
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from knowgate.errors import InputError
-from knowgate.text import FUNCTION_WORDS, TokenizedText, normalize_answer, tokenize_answer
+from knowgate.text import (
+    FUNCTION_WORDS,
+    TokenizedText,
+    normalize_answer,
+    token_f1,
+    tokenize_answer,
+)
 
 __all__ = ["AnswerScore", "normalize_answer", "score_answer", "token_f1"]
 
@@ -64,19 +69,6 @@ _DELIMITED = re.compile(
     r"\"([^\"\n]+)\"|“([^”\n]+)”|«([^»\n]+)»|„([^“\n]+)“|\(([^()\n]+)\)|\[([^\[\]\n]+)\]"
     r"|(?:(?<=^)|(?<=[\s(\[]))['‘]([^'’\n]+)['’](?=$|[\s.,;:!?)\]])"
 )
-
-
-def token_f1(prediction: str, reference: str) -> float:
-    """SQuAD token F1 between two already normalised strings."""
-    pred, ref = prediction.split(), reference.split()
-    if not pred or not ref:
-        return float(pred == ref)
-    common = Counter(pred) & Counter(ref)
-    overlap = sum(common.values())
-    if overlap == 0:
-        return 0.0
-    precision, recall = overlap / len(pred), overlap / len(ref)
-    return 2 * precision * recall / (precision + recall)
 
 
 @dataclass(frozen=True)

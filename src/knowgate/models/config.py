@@ -15,6 +15,10 @@ DEFAULT_SYSTEM_PROMPT = (
     "Answer the question with a short phrase: a name, place, date or number. "
     "Do not write a full sentence."
 )
+DEFAULT_SELF_REPORT_TEMPLATE = (
+    "Can you answer this question correctly from memory, without looking anything up? "
+    "Answer yes or no.\nQuestion: {question}"
+)
 DEFAULT_RAG_SYSTEM_PROMPT = (
     "Answer the question with a short phrase: a name, place, date or number. "
     "Use the context passages when they help. Do not write a full sentence."
@@ -50,6 +54,8 @@ class PromptConfig(StrictModel):
             ``title`` and ``text``.
         max_passage_chars: passages are cut to this many characters, so k passages fit the
             context window of small models.
+        self_report_template: the question for the self-routing peer ("can you answer this from
+            memory?"), with a ``{question}`` field; the model's P(yes) is the signal.
     """
 
     style: Literal["auto", "chat", "few_shot"] = "auto"
@@ -58,6 +64,18 @@ class PromptConfig(StrictModel):
     few_shot_examples: tuple[FewShotExample, ...] = DEFAULT_FEW_SHOT
     passage_template: str = "[{index}] {title}: {text}"
     max_passage_chars: int = Field(default=800, ge=50)
+    self_report_template: str = DEFAULT_SELF_REPORT_TEMPLATE
+
+    @field_validator("self_report_template")
+    @classmethod
+    def _has_question(cls, v: str) -> str:
+        try:
+            formatted = v.format(question="\x00")
+        except (KeyError, IndexError) as exc:
+            raise ValueError(f"self_report_template may only use {{question}}: {exc}") from exc
+        if "\x00" not in formatted:
+            raise ValueError("self_report_template must contain {question}")
+        return v
 
     @field_validator("passage_template")
     @classmethod

@@ -59,6 +59,23 @@ class PromptFormatter:
             return self._chat(question, context)
         return self._few_shot(question, context)
 
+    def self_report(self, question: str) -> str:
+        """The self-routing prompt: asks whether the model can answer ``question`` from memory.
+
+        Chat models get it as the user message; base models as text ending in ``Answer:``, so
+        the next token is the yes/no whose probability is read.
+        """
+        question = " ".join(question.split())
+        text = self.config.self_report_template.format(question=question)
+        if self.style == "chat":
+            messages = [{"role": "user", "content": text}]
+            return str(
+                self.tokenizer.apply_chat_template(
+                    messages, tokenize=False, add_generation_prompt=True
+                )
+            )
+        return f"{text}\nAnswer:"
+
     def _chat(self, question: str, context: str | None) -> str:
         system = self.config.rag_system_prompt if context else self.config.system_prompt
         user = f"Context:\n{context}\n\nQuestion: {question}" if context else question

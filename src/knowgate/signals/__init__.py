@@ -1,6 +1,6 @@
 """Signals: pure functions from captured activations and token statistics to named features."""
 
-from knowgate.signals import sparsity, uncertainty
+from knowgate.signals import consistency, sparsity, uncertainty
 from knowgate.signals.capture import ForwardCapture, PositionStates, TokenStats
 from knowgate.signals.registry import (
     POSITIONS,
@@ -12,6 +12,8 @@ from knowgate.signals.registry import (
     register_external_feature,
     register_sparsity_metric,
     register_uncertainty_feature,
+    sparsity_by_layer,
+    sparsity_table_names,
 )
 
 __all__ = [
@@ -22,11 +24,14 @@ __all__ = [
     "SignalConfig",
     "TokenStats",
     "compute_features",
+    "consistency",
     "feature_names",
     "feature_specs",
     "register_external_feature",
     "register_sparsity_metric",
     "register_uncertainty_feature",
     "sparsity",
+    "sparsity_by_layer",
+    "sparsity_table_names",
     "uncertainty",
 ]

@@ -342,3 +342,38 @@ def compute_features(
     if bad:
         raise SignalError(f"non-finite feature values: {bad}")
     return out
+
+
+def sparsity_table_names() -> list[str]:
+    """Row names of :func:`sparsity_by_layer`: ``{site}_{metric}`` for every registered metric."""
+    return [
+        f"{site}_{metric}"
+        for site in ("hidden", "mlp")
+        for metric, m in _SPARSITY.items()
+        if site in m.sites
+    ]
+
+
+def sparsity_by_layer(
+    capture: ForwardCapture, config: SignalConfig | None = None
+) -> NDArray[np.float64]:
+    """Every sparsity metric at every captured layer and configured position.
+
+    The study of *where* the signal lives (by layer and position) needs the per-layer values,
+    not only the aggregates the policies read.
+
+    Returns:
+        ``[len(sparsity_table_names()), len(config.positions), len(capture.layers)]``.
+    """
+    config = config or SignalConfig()
+    table = np.empty((len(sparsity_table_names()), len(config.positions), len(capture.layers)))
+    for p, position in enumerate(config.positions):
+        states = capture.at(position)
+        arrays = {"hidden": states.hidden, "mlp": states.mlp}
+        row = 0
+        for site in ("hidden", "mlp"):
+            for m in _SPARSITY.values():
+                if site in m.sites:
+                    table[row, p] = m.fn(arrays[site], config)
+                    row += 1
+    return table

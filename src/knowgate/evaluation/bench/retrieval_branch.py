@@ -120,7 +120,7 @@ def retrieval_key_material(
     with passages does not depend on which signals a gate would read.
     """
     material = cache_key_material(lm, dataset)
-    for signal_only in ("layers", "feature_names"):
+    for signal_only in ("layers", "feature_names", "arrays"):
         material.pop(signal_only, None)
     probe = lm.format_prompt(_PROBE_QUESTION, [_ProbePassage("Paris", "Paris is the capital.")])
     material.update(
