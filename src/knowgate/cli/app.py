@@ -27,7 +27,7 @@ def configure_output(verbose: bool) -> None:
     The level is set on the handler, not only on the root logger: libraries that set their own
     logger to DEBUG (bm25s does) would otherwise print DEBUG lines through it. Progress bars are
     switched off through environment variables, before the libraries are imported, and only where
-    the user has not set them (so ``HF_HUB_DISABLE_PROGRESS_BARS=0`` brings them back too).
+    the user has not set them (``HF_HUB_DISABLE_PROGRESS_BARS=0`` brings transformers' back).
     """
     level = logging.INFO if verbose else logging.WARNING
     handler = logging.StreamHandler()
