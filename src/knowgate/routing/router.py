@@ -205,10 +205,11 @@ class Router:
         Args:
             query: the user's question.
             threshold: per-request override of the p_known threshold.
-            policy: per-request policy instead of the router's; checked like it.
+            policy: per-request policy instead of the router's; checked like it (and the
+                config's ``policy.threshold`` overrides its cut, as it does the router's).
             metadata: optional question metadata for question-only features.
             unit_id: who asks (user, session); a Router answers everyone alike and ignores it
-            (see :class:`~knowgate.routing.QueryRouter`).
+                (see :class:`~knowgate.routing.QueryRouter`).
 
         Raises:
             InputError: the query is empty, not a string, or too long.
