@@ -76,6 +76,25 @@ def test_replay_gives_the_exact_paired_comparison(tmp_path) -> None:
     json.dumps(report.to_dict(), allow_nan=False)
 
 
+def test_replay_counts_lm_calls_as_the_router_does(tmp_path) -> None:
+    records = read_both_branches(make_cache(tmp_path))
+    report = replay(
+        records,
+        {
+            "always": build_policy("always"),
+            "never": build_policy("never"),
+            "gate": gate_policy(0.7),
+            "oracle": build_policy("oracle"),
+        },
+    )
+    calls = {p.label: p.lm_calls for p in report.policies}
+    # Plain RAG and closed-book answer with one prompt each; a gate prefills every question
+    # (one call) and answers again with passages for the 70% it retrieves for.
+    assert calls["always"] == 1.0 and calls["never"] == 1.0
+    assert calls["gate"] == pytest.approx(1.7) and calls["oracle"] == pytest.approx(1.7)
+    assert "LM calls/q" in report.to_text()
+
+
 def _always_vs_never(tmp_path, name, rows):
     cache = write_both_branches(tmp_path / name, rows)
     report = replay(
