@@ -183,6 +183,21 @@ def test_many_requests_per_unit_widen_the_interval_by_the_design_effect(log) -> 
     )
 
 
+def test_units_less_alike_than_chance_do_not_narrow_the_interval(log) -> None:
+    exp = two_arm_experiment()
+    log.register(exp)
+    # 30 units per arm, each with one right and one wrong answer: the unit ratios do not vary.
+    for arm in ("control", "gate"):
+        fill(log, exp, arm, 60, retrieve=60, correct=30, latency=lambda i: 100.0, units=30)
+    report = build_report(log, exp.name)
+    acc = by_metric(report)["accuracy"]
+    assert acc.design_effect < 0.2
+    # The interval is the one-request-per-unit interval of 60 requests per arm instead.
+    *_, se = unit_agresti_caffo(30, 60, 30, 60)
+    assert acc.se == pytest.approx(se, rel=1e-9)
+    assert "counted as 1) would detect" in report.verdict
+
+
 def test_units_in_two_arms_are_reported(log) -> None:
     exp = two_arm_experiment()
     log.register(exp)
@@ -245,6 +260,7 @@ def test_small_samples_cannot_tell_and_say_how_many_units_are_needed(log) -> Non
     need = 2 * (norm.ppf(0.975) + norm.ppf(0.8)) ** 2 * sigma2 / 0.02**2
     found = re.search(r"about ([\d,]+) units per arm", report.verdict)
     assert found is not None and abs(int(found.group(1).replace(",", "")) - need) < 1
+    assert "1.0 requests per unit; design effect 1.00) would detect" in report.verdict
     # Retrieval does differ significantly even at this size (100% vs 50%).
     assert "gate retrieves 50.0 pp less often" in report.verdict
 

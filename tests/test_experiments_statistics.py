@@ -120,10 +120,12 @@ def test_ratio_difference_interval_and_p_value_are_one_procedure() -> None:
     d = ratio_difference("accuracy", c, t, binary=True)
     # By hand: Agresti-Caffo pseudo-counts as two one-request units per arm, Deng variances,
     # Welch-Satterthwaite degrees of freedom.
-    vc = deng_variance(np.append(c.sums, [1, 0]), np.append(c.counts, [1, 1]))
-    vt = deng_variance(np.append(t.sums, [1, 0]), np.append(t.counts, [1, 1]))
     pc = (c.sums.sum() + 1) / (c.counts.sum() + 2)
     pt = (t.sums.sum() + 1) / (t.counts.sum() + 2)
+    vc = deng_variance(np.append(c.sums, [1, 0]), np.append(c.counts, [1, 1]))
+    vt = deng_variance(np.append(t.sums, [1, 0]), np.append(t.counts, [1, 1]))
+    # The unit effect makes both above the independent-requests variance p(1-p)/(n-1).
+    assert vc > pc * (1 - pc) / (c.counts.sum() + 1) and vt > pt * (1 - pt) / (t.counts.sum() + 1)
     se = math.sqrt(vc + vt)
     df = (vc + vt) ** 2 / (vc**2 / 61 + vt**2 / 51)
     half = stats.t.ppf(0.975, df) * se
@@ -202,6 +204,24 @@ def test_one_request_per_unit_agrees_with_request_level_intervals() -> None:
     ci = welch.confidence_interval()
     assert (mean_diff.low, mean_diff.high) == pytest.approx((ci.low, ci.high), rel=1e-3)
     assert mean_diff.p_value == pytest.approx(welch.pvalue, rel=1e-3)
+
+
+def test_a_design_effect_below_one_never_narrows_the_interval() -> None:
+    # Every unit's requests average exactly 150 (100 and 200 alternate): the unit sums vary
+    # less than independent requests would, so the delta method alone would say se = 0.
+    values = np.tile([100.0, 200.0], 20)
+    units = np.repeat(np.arange(10), 4).astype(str)
+    c = UnitTotals.from_requests(units.tolist(), values)
+    t = UnitTotals.from_requests(units.tolist(), values + 30.0)
+    d = ratio_difference("latency_mean_ms", c, t)
+    assert d.design_effect == pytest.approx(0.0)
+    # The interval uses the independent-requests variance s^2 / n per arm instead.
+    s2 = values.var(ddof=1) / 40
+    assert d.se == pytest.approx(math.sqrt(2 * s2))
+    half = stats.t.ppf(0.975, (2 * s2) ** 2 / (2 * s2**2 / 9)) * math.sqrt(2 * s2)
+    assert (d.low, d.high) == pytest.approx((30 - half, 30 + half))
+    e = ratio_estimate(c)
+    assert e.high - e.value == pytest.approx(stats.t.ppf(0.975, 9) * math.sqrt(s2))
 
 
 def test_proportions_at_zero_keep_an_honest_interval() -> None:

@@ -43,7 +43,8 @@ METHOD = (
     "the unit (user, session) is the independent observation. Rates and means are ratios of "
     "unit sums with delta-method intervals, Welch t for differences (Agresti-Caffo "
     "pseudo-counts for proportions); latency percentiles use a cluster bootstrap over units. "
-    "deff = variance / variance if requests were independent. Latency = the router's "
+    "deff = variance / variance if requests were independent (intervals never use less than "
+    "the latter). Latency = the router's "
     "timings_ms['total'] per request (its timed stages; excludes the decision-log write). "
     "LM calls = prompts through the local model (prefill and its decode count once)."
 )

@@ -9,7 +9,8 @@ narrow. Every A/B number is therefore analysed at the unit:
   ``N_i`` its requests). Its variance comes from the delta method (Deng, Knoblich and Lu, 2018,
   "Applying the Delta Method in Metric Analytics"): ``K / (K - 1) * sum_i (Y_i - R N_i)^2 /
   (sum_i N_i)^2`` over ``K`` units. The *design effect* is that variance divided by the one
-  that treats requests as independent (1 when every unit sends one request).
+  that treats requests as independent (1 when every unit sends one request). Intervals never
+  use less than the independent-requests variance: a design effect below 1 is noise.
 - The difference between two independent arms has variance ``var_control + var_treatment``;
   its test statistic ``diff / se`` is referred to Student's t with Welch-Satterthwaite degrees
   of freedom, and its interval is ``diff +- t * se``: one procedure, so the interval excludes 0
@@ -196,6 +197,17 @@ class RatioVariance:
             return None
         return self.variance / self.request_variance
 
+    @property
+    def interval_variance(self) -> float:
+        """The variance intervals and tests use: never below the independent-requests one.
+
+        Units are randomised, so their requests are at least as alike as unrelated requests;
+        an estimated design effect below 1 is noise (the delta method's estimate is noisy with
+        few units), and taking it at face value would narrow the interval below what even
+        independent requests support. Korn and Graubard (1998) truncate the same way.
+        """
+        return max(self.variance, self.request_variance)
+
 
 def ratio_variance(totals: UnitTotals) -> RatioVariance:
     """Delta-method variance of ``sum Y_i / sum N_i`` over units (Deng et al. 2018).
@@ -244,7 +256,7 @@ def ratio_estimate(totals: UnitTotals, alpha: float = 0.05, *, binary: bool = Fa
         effective = n if spread == 0 or rv.variance <= spread / n else spread / rv.variance
         low, high = proportion_confint(value * effective, effective, alpha=alpha, method="wilson")
         return Estimate(value, _float(low), _float(high))
-    half = float(stats.t.ppf(1 - alpha / 2, rv.units - 1)) * math.sqrt(rv.variance)
+    half = float(stats.t.ppf(1 - alpha / 2, rv.units - 1)) * math.sqrt(rv.interval_variance)
     return Estimate(value, value - half, value + half)
 
 
@@ -259,7 +271,8 @@ def ratio_difference(
 ) -> Difference:
     """Independent arms: the difference of two ratio metrics, analysed at the unit.
 
-    ``se^2 = var_control + var_treatment`` (delta method per arm); ``t = diff / se`` with
+    ``se^2 = var_control + var_treatment`` (delta method per arm, never below the variance of
+    independent requests: see :attr:`RatioVariance.interval_variance`); ``t = diff / se`` with
     Welch-Satterthwaite degrees of freedom gives the p-value, and ``diff +- t_crit * se`` the
     interval, so the interval excludes 0 exactly when ``p < alpha``. For proportions
     (``binary``) both come from the Agresti-Caffo-adjusted arms; ``diff`` is the raw one.
@@ -298,7 +311,8 @@ def ratio_difference(
         control, treatment = control.with_pseudo_counts(), treatment.with_pseudo_counts()
     vc, vt = ratio_variance(control), ratio_variance(treatment)
     centre = vt.value - vc.value
-    variance = vc.variance + vt.variance
+    var_c, var_t = vc.interval_variance, vt.interval_variance
+    variance = var_c + var_t
     independent = vc.request_variance + vt.request_variance
     base = replace(
         base,
@@ -306,11 +320,12 @@ def ratio_difference(
         + (", Agresti-Caffo adjusted" if binary else "")
         + ", Welch t",
         se=math.sqrt(variance),
-        design_effect=variance / independent if independent > 0 else None,
+        # As estimated (it may fall below 1); the interval uses at least the independent one.
+        design_effect=(vc.variance + vt.variance) / independent if independent > 0 else None,
     )
-    if variance == 0.0:  # every unit of both arms has the same ratio: no spread at all
+    if variance == 0.0:  # every request of both arms has the same value: no spread at all
         return replace(base, low=centre, high=centre, p_value=1.0 if centre == 0 else 0.0)
-    df = variance**2 / (vc.variance**2 / (vc.units - 1) + vt.variance**2 / (vt.units - 1))
+    df = variance**2 / (var_c**2 / (vc.units - 1) + var_t**2 / (vt.units - 1))
     se = math.sqrt(variance)
     half = float(stats.t.ppf(1 - alpha / 2, df)) * se
     return replace(

@@ -83,7 +83,11 @@ def _sample_size(d: Difference, margin: float, alpha: float) -> str:
     if d.paired:
         return f"; about {need:,} questions {goal}"
     per_unit = sum(d.requests) / sum(d.units)
-    design = f"; design effect {d.design_effect:.2f}" if d.design_effect is not None else ""
+    design = ""
+    if d.design_effect is not None:
+        design = f"; design effect {d.design_effect:.2f}"
+        if d.design_effect < 0.995:  # shown below 1.00: the interval used the independent one
+            design += ", counted as 1"
     return (
         f"; about {need:,} units per arm (about {round(need * per_unit):,} requests at "
         f"{per_unit:.1f} requests per unit{design}) {goal}"
