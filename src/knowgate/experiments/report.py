@@ -366,7 +366,8 @@ def format_report(report: ExperimentReport, width: int = 100) -> str:
     scored = any(a.scored for a in report.arms)
     lines += table(
         ["arm", "latency mean ms", "p50 ms", "p95 ms", "LM calls/req", "retriever calls/req"]
-        + ([f"mean score [{conf}]", "scored"] if scored else []),
+        + ([f"mean score [{conf}]", "scored"] if scored else [])
+        + ["policy"],
         [
             [
                 a.arm,
@@ -377,6 +378,7 @@ def format_report(report: ExperimentReport, width: int = 100) -> str:
                 "-" if a.retriever_calls is None else f"{a.retriever_calls:.2f}",
             ]
             + ([interval_text(a.score, "number"), str(a.scored)] if scored else [])
+            + [a.policy_id]
             for a in report.arms
         ],
     )
