@@ -76,6 +76,25 @@ def test_replay_gives_the_exact_paired_comparison(tmp_path) -> None:
     json.dumps(report.to_dict(), allow_nan=False)
 
 
+def test_replay_counts_lm_calls_as_the_router_does(tmp_path) -> None:
+    records = read_both_branches(make_cache(tmp_path))
+    report = replay(
+        records,
+        {
+            "always": build_policy("always"),
+            "never": build_policy("never"),
+            "gate": gate_policy(0.7),
+            "oracle": build_policy("oracle"),
+        },
+    )
+    calls = {p.label: p.lm_calls for p in report.policies}
+    # Plain RAG and closed-book answer with one prompt each; a gate prefills every question
+    # (one call) and answers again with passages for the 70% it retrieves for.
+    assert calls["always"] == 1.0 and calls["never"] == 1.0
+    assert calls["gate"] == pytest.approx(1.7) and calls["oracle"] == pytest.approx(1.7)
+    assert "LM calls/q" in report.to_text()
+
+
 def _always_vs_never(tmp_path, name, rows):
     cache = write_both_branches(tmp_path / name, rows)
     report = replay(
@@ -85,23 +104,39 @@ def _always_vs_never(tmp_path, name, rows):
     return {d.metric: d for d in report.comparisons["never"]}["accuracy"]
 
 
-def test_replay_mcnemar_matches_hand_computed_p_values(tmp_path) -> None:
-    from scipy.stats import chi2
+def test_replay_paired_accuracy_is_agresti_min_by_hand(tmp_path) -> None:
+    from scipy.stats import norm
 
     # 40 questions: closed-book right on i < 8, with retrieval right on i >= 3.
-    # Discordant: never right & always wrong on i < 3 (b = 3); the reverse on i >= 8 (c = 32).
+    # Discordant: never right & always wrong on i < 3 (3 pairs); the reverse on i >= 8 (32).
     rows = [both_branch_row(i, p=0.9, cb=i < 8, rag=i >= 3, model_id=None) for i in range(40)]
     acc = _always_vs_never(tmp_path, "a.jsonl", rows)
-    b, c = 3, 32
-    assert acc.diff == pytest.approx((b - c) / 40)
-    # 35 discordant pairs (>= 25): continuity-corrected chi-square.
-    assert "chi-square" in acc.test
-    assert acc.p_value == pytest.approx(chi2.sf((abs(b - c) - 1) ** 2 / (b + c), 1))
-    # 20 questions, b = 2 (i < 2), c = 8 (12 <= i < 20): 10 discordant -> exact binomial.
-    rows = [both_branch_row(i, p=0.9, cb=i < 12, rag=i >= 2, model_id=None) for i in range(20)]
-    acc = _always_vs_never(tmp_path, "b.jsonl", rows)
-    exact = 2 * sum(math.comb(10, k) for k in range(3)) / 2**10
-    assert "exact" in acc.test and acc.p_value == pytest.approx(exact)
+    assert acc.diff == pytest.approx((3 - 32) / 40)
+    # Agresti & Min (2005): half a pair in each of the four cells, then Wald on n + 2 pairs.
+    centre = (3 - 32) / 42
+    se = math.sqrt(((3 + 32 + 1) / 42 - centre**2) / 42)
+    z = norm.ppf(0.975)
+    assert acc.se == pytest.approx(se)
+    assert (acc.low, acc.high) == pytest.approx((centre - z * se, centre + z * se))
+    assert acc.p_value == pytest.approx(2 * norm.sf(abs(centre) / se))
+    assert acc.paired and acc.units == (40, 40)
+    # No discordant pair: no evidence of a difference, and still an interval of honest width.
+    same = [both_branch_row(i, p=0.9, cb=True, rag=True, model_id=None) for i in range(20)]
+    acc = _always_vs_never(tmp_path, "b.jsonl", same)
+    assert acc.diff == 0 and acc.p_value == pytest.approx(1.0)
+    assert acc.high == pytest.approx(z * math.sqrt(1 / 22) / math.sqrt(22))
+
+
+def test_replay_interval_and_p_value_never_disagree(tmp_path) -> None:
+    # A borderline paired comparison (the old replay showed CI [-2.2, -0.2] beside p = 0.062):
+    # 9 questions only always answers, 2 only never answers, out of 400.
+    rows = [
+        both_branch_row(i, p=0.9, cb=i < 2 or i >= 11, rag=i >= 2, model_id=None)
+        for i in range(400)
+    ]
+    acc = _always_vs_never(tmp_path, "c.jsonl", rows)
+    assert acc.diff == pytest.approx((2 - 9) / 400)
+    assert (acc.p_value < 0.05) == (acc.high < 0 or acc.low > 0)
 
 
 @pytest.mark.parametrize(

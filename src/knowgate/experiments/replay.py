@@ -4,8 +4,9 @@ The benchmark answers every question twice - closed-book and with retrieval - an
 results with the gate's features. A policy's outcome on a question is then known exactly
 without running the model: the retrieval branch's result when it retrieves, the closed-book
 one when it does not. Two policies are compared *paired*, on the same questions, which is
-far more sensitive than an A/B test of the same size: McNemar's test on correctness and on the
-retrieve decision, Wilcoxon's signed-rank test on wall time.
+far more sensitive than an A/B test of the same size. The question is the unit: Agresti and
+Min's adjusted Wald interval and test for correctness and for the retrieve decision, the paired
+t-test and interval for wall time and score - each interval from the same procedure as its test.
 
 Cache schema (``both_branches.jsonl`` in the cache directory, one JSON object per question)::
 
@@ -136,6 +137,8 @@ class PolicyOutcome:
         retrieval_rate: share sent to the retriever.
         wall_time_s: mean wall time per question.
         total_time_s: summed wall time.
+        lm_calls: mean LM calls per question, as the router counts them (see
+            :func:`lm_calls_per_question`).
         score: mean score, when every row has both scores.
     """
 
@@ -146,6 +149,7 @@ class PolicyOutcome:
     retrieval_rate: Estimate
     wall_time_s: Estimate
     total_time_s: float
+    lm_calls: float
     score: Estimate | None
 
     def to_dict(self) -> dict[str, Any]:
@@ -190,6 +194,20 @@ class ReplayReport:
     def to_text(self, width: int = 100) -> str:
         """Plain-text rendering."""
         return format_replay(self, width=width)
+
+
+def lm_calls_per_question(policy: Policy, retrieve: np.ndarray) -> np.ndarray:
+    """LM calls per question as the router (gate mode ``pre``) makes them.
+
+    One LM call is one prompt through the local model, its prefill and decode counted once. A
+    policy that reads no signal (always, never, random) decides before any forward pass, so
+    each question is one call: the closed-book answer or the answer with passages. A gate
+    prefills the question first (one call, whose decode is the closed-book answer) and, when it
+    retrieves, answers with the passages (a second call).
+    """
+    if not policy.required_features:
+        return np.ones(retrieve.shape, dtype=np.float64)
+    return 1.0 + retrieve.astype(np.float64)
 
 
 @dataclass(frozen=True)
@@ -245,7 +263,6 @@ def replay(
     alpha: float = 0.05,
     margin: float = 0.02,
     force: bool = False,
-    seed: int = 0,
     cache: str = "",
 ) -> ReplayReport:
     """Replay policies on cached both-branch results and compare each with the first.
@@ -257,7 +274,6 @@ def replay(
         margin: accuracy margin within which a cheaper policy wins (see
             :mod:`knowgate.experiments.verdict`).
         force: replay policies fitted for another model than the cache's.
-        seed: bootstrap seed.
         cache: where the records came from (for the report).
 
     Raises:
@@ -284,6 +300,7 @@ def replay(
             retrieval_rate=proportion(int(r.retrieve.sum()), len(records), alpha),
             wall_time_s=mean_interval(r.seconds, alpha),
             total_time_s=float(r.seconds.sum()),
+            lm_calls=float(lm_calls_per_question(policies[label], r.retrieve).mean()),
             score=mean_interval(r.score, alpha) if r.score is not None else None,
         )
         for label, r in replayed.items()
@@ -294,9 +311,7 @@ def replay(
     raw: list[tuple[str, Difference]] = []
     for label in labels[1:]:
         r = replayed[label]
-        raw.append(
-            (label, paired_binary("accuracy", base.correct, r.correct, alpha=alpha, seed=seed))
-        )
+        raw.append((label, paired_binary("accuracy", base.correct, r.correct, alpha=alpha)))
         raw.append(
             (
                 label,
@@ -306,7 +321,6 @@ def replay(
                     r.retrieve,
                     alpha=alpha,
                     lower_is_better=True,
-                    seed=seed,
                 ),
             )
         )
@@ -319,14 +333,11 @@ def replay(
                     r.seconds,
                     alpha=alpha,
                     lower_is_better=True,
-                    seed=seed,
                 ),
             )
         )
         if base.score is not None and r.score is not None:
-            raw.append(
-                (label, paired_continuous("score", base.score, r.score, alpha=alpha, seed=seed))
-            )
+            raw.append((label, paired_continuous("score", base.score, r.score, alpha=alpha)))
     adjusted = holm_adjust([d for _, d in raw])
     comparisons: dict[str, list[Difference]] = {label: [] for label in labels[1:]}
     for (label, _), d in zip(raw, adjusted, strict=True):
@@ -344,8 +355,10 @@ def replay(
     else:
         text = verdict(control, comparisons, alpha=alpha, margin=margin)
         notes.append(
-            "Paired on the same questions; intervals are 95% paired-bootstrap intervals and "
-            "p-values are Holm-adjusted across all comparisons."
+            f"Paired on the same questions (the question is the unit); each interval "
+            f"({1 - alpha:.0%}, unadjusted) comes from the same procedure as its p-value, and "
+            "p (Holm) adjusts across all comparisons and decides the verdict. LM calls per "
+            "question as the router counts them: one per prompt through the local model."
         )
     return ReplayReport(
         cache=cache,
@@ -375,6 +388,7 @@ def format_replay(report: ReplayReport, width: int = 100) -> str:
             f"retrieval rate [{conf}]",
             "ms/question",
             "total s",
+            "LM calls/q",
             *(["mean score"] if scored else []),
             "policy id",
         ],
@@ -385,6 +399,7 @@ def format_replay(report: ReplayReport, width: int = 100) -> str:
                 interval_text(p.retrieval_rate, "rate"),
                 interval_text(p.wall_time_s, "s"),
                 f"{p.total_time_s:.1f}",
+                f"{p.lm_calls:.2f}",
                 *([interval_text(p.score, "number")] if scored else []),
                 p.policy_id,
             ]
@@ -397,7 +412,7 @@ def format_replay(report: ReplayReport, width: int = 100) -> str:
     )
     lines += ["", f"References on this cache: {refs}."]
     rows = [
-        [f"{label} - {report.control}", *format_difference(d)]
+        [f"{label} - {report.control}", *format_difference(d, design_effect=False)]
         for label, diffs in report.comparisons.items()
         for d in diffs
     ]
