@@ -1,60 +1,122 @@
-"""Every gating policy's held-out p(known), by cross-fitting: no policy is scored on its own data.
+"""The policies the benchmark compares, and each one's held-out predictions by cross-fitting.
 
-Rows are split once (stratified on closed-book correctness, grouped by normalised question, so
-the questions ``popqa_random`` and ``popqa_h2`` share never straddle a split). For each outer
-fold a policy is fitted on the other folds - standardise, logistic regression, calibrator
-fitted on inner out-of-fold logits: :func:`~knowgate.policy.fit_fused`'s recipe, run from its
-public pieces so that a fold's inner splits are computed once for all policies - and scores the
-held-out fold. A single feature is the same fit on one column: a monotone map of the feature,
-its direction learnt on the training folds (a 1-D threshold with a calibrated scale). Kept per
-fold: the training rows' out-of-fold p(known) (where an operating rule chooses its cut) and the
-held-out rows' p(known) (where the cut is applied).
+Every fitted policy is a :class:`PolicyCandidate` - a name, what it reads (a feature matrix and
+the stage it needs), where it is defined, its learner and any cost beyond the gate's own pass -
+produced by a *policy family* (a function of the table). :data:`POLICY_FAMILIES` lists them;
+adding a family to the benchmark is one function that yields candidates and one entry there.
+
+:func:`held_out_policies` cross-fits every candidate on one set of outer folds
+(:mod:`knowgate.evaluation.cross_fitting`) and adds the baselines that need no fit: never,
+always and the oracle. Each policy's operating point is chosen per fold on its training rows'
+out-of-fold p(known) and applied to the fold's held-out rows (:meth:`HeldOutPolicy.decide`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.special import expit
 
 from knowgate.errors import PolicyError
-from knowgate.evaluation.bench.both_branches import BenchTable
-from knowgate.evaluation.bench.operating_rules import Rule
-from knowgate.evaluation.calibration_study import standard_feature_sets
-from knowgate.policy.calibration import fit_calibrator
-from knowgate.policy.fitting import Splits, fit_scorer, make_splits, out_of_fold_logits
-from knowgate.policy.fused import FusedPolicy
+from knowgate.evaluation.bench.table import BenchTable
+from knowgate.evaluation.both_branches import GateStage, Outcome, policy_outcome
+from knowgate.evaluation.cross_fitting import (
+    FoldFit,
+    Learner,
+    Splits,
+    cross_fit,
+    inner_splits,
+    logistic_learner,
+    outer_splits,
+)
+from knowgate.evaluation.labelled import standard_feature_sets
+from knowgate.evaluation.operating_rules import Rule
 from knowgate.signals import feature_specs
 
 log = logging.getLogger(__name__)
 
-Family = Literal["baseline", "single", "fused", "popularity", "oracle"]
 HEADLINE = "uncertainty+sparsity (prefill)"
-"""The fused feature set of the shipped policies (every model signal known before generation)."""
+"""The fused feature set of every model signal known before generation."""
 POPULARITY = "popularity (s_pop)"
+QUESTION_ONLY = "question-only"
 
 
 @dataclass(frozen=True)
-class FoldPrediction:
-    """One outer fold of a fitted policy.
+class PolicyCandidate:
+    """A policy to cross-fit.
 
     Attributes:
-        train: training row indices (restricted to the policy's rows).
-        test: held-out row indices.
-        p_train: calibrated p(known) of the training rows, each from an inner fit that did not
-            see it (where an operating rule chooses its cut).
-        p_test: calibrated p(known) of the held-out rows.
+        name: its name in reports.
+        family: its family (the key of :data:`POLICY_FAMILIES` that produced it).
+        stage: what it reads before deciding (fixes its LM calls and latency).
+        features: names of the columns of ``x``.
+        x: ``[n, k]`` inputs for every row of the table (any finite values where ``rows``).
+        rows: where it is defined (popularity: PopQA rows only).
+        learner: fits its score model on a training fold.
+        extra_lm_calls: LM calls per question beyond the gate's (e.g. sampled answers).
+        extra_seconds: seconds per question beyond the measured stages (scalar or per row).
     """
 
-    train: NDArray[np.int64]
-    test: NDArray[np.int64]
-    p_train: NDArray[np.float64]
-    p_test: NDArray[np.float64]
+    name: str
+    family: str
+    stage: GateStage
+    features: tuple[str, ...]
+    x: NDArray[np.float64]
+    rows: NDArray[np.bool_]
+    learner: Learner = logistic_learner
+    extra_lm_calls: float = 0.0
+    extra_seconds: float | NDArray[np.float64] = 0.0
+
+
+PolicyFamily = Callable[[BenchTable], Iterable[PolicyCandidate]]
+
+
+def _stage(names: Sequence[str]) -> GateStage:
+    specs = feature_specs()
+    return "draft" if any(n in specs and specs[n].stage == "draft" for n in names) else "prefill"
+
+
+def fused_sets(table: BenchTable) -> Iterator[PolicyCandidate]:
+    """The calibration study's fused feature sets (uncertainty, sparsity, question-only, ...)."""
+    lab = table.labelled
+    everywhere = np.ones(table.n, dtype=bool)
+    for name, names in standard_feature_sets(lab).items():
+        yield PolicyCandidate(
+            name, "fused", _stage(names), tuple(names), lab.matrix(names), everywhere
+        )
+
+
+def popularity(table: BenchTable) -> Iterator[PolicyCandidate]:
+    """PopQA's subject page views (Mallen et al. 2023), on PopQA rows: an evaluation baseline."""
+    lab = table.labelled
+    rows = np.isfinite(lab.popularity)
+    if rows.any():
+        log_pop = np.log10(1.0 + np.where(rows, lab.popularity, 0.0))[:, None]
+        yield PolicyCandidate(POPULARITY, "popularity", "prefill", ("log10_s_pop",), log_pop, rows)
+
+
+def single_features(table: BenchTable) -> Iterator[PolicyCandidate]:
+    """Each model signal alone: a 1-D threshold whose direction is learnt on training folds."""
+    lab = table.labelled
+    specs = feature_specs()
+    everywhere = np.ones(table.n, dtype=bool)
+    for name, values in lab.features.items():
+        model_signal = name in specs and specs[name].family in ("sparsity", "uncertainty")
+        if model_signal and np.ptp(values) > 0:
+            yield PolicyCandidate(
+                name, "single", _stage([name]), (name,), values[:, None], everywhere
+            )
+
+
+POLICY_FAMILIES: dict[str, PolicyFamily] = {
+    "fused": fused_sets,
+    "popularity": popularity,
+    "single": single_features,
+}
+"""Every family of fitted policies the benchmark scores, in report order."""
 
 
 @dataclass(frozen=True)
@@ -63,28 +125,31 @@ class HeldOutPolicy:
 
     Attributes:
         name: the policy's name in reports.
-        family: ``baseline`` (never, always), ``single`` (one feature), ``fused``, ``popularity``
-            or ``oracle``.
-        stage: ``prefill`` (decides before generation), ``draft`` (reads the closed-book
-            draft's probabilities), ``metadata`` (popularity) or ``none``.
+        family: ``baseline`` (never, always), ``oracle``, or a :data:`POLICY_FAMILIES` key.
+        stage: what it reads before deciding (see :data:`~knowgate.evaluation.both_branches.
+            GateStage`).
         features: the features it reads.
-        rows: where it is defined (popularity: PopQA rows only).
-        score: ranking score, higher = more likely known (the logistic regression's own
-            probability for fitted policies; the label for the oracle); NaN outside ``rows``.
+        rows: where it is defined.
+        score: ranking score, higher = more likely known (the learner's own probability for
+            fitted policies; the label for the oracle); NaN outside ``rows``.
         p_known: calibrated held-out p(known) (NaN outside ``rows``); ``None`` for baselines.
-        folds: per-fold predictions of fitted policies.
+        folds: per-fold fits of fitted policies.
         fixed_retrieve: the decisions of a policy without a threshold (never, always, oracle).
+        extra_lm_calls: LM calls per question beyond the gate's.
+        extra_seconds: seconds per question beyond the measured stages.
     """
 
     name: str
-    family: Family
-    stage: str
+    family: str
+    stage: GateStage
     features: tuple[str, ...]
     rows: NDArray[np.bool_]
     score: NDArray[np.float64] | None = None
     p_known: NDArray[np.float64] | None = None
-    folds: tuple[FoldPrediction, ...] = ()
+    folds: tuple[FoldFit, ...] = ()
     fixed_retrieve: NDArray[np.bool_] | None = None
+    extra_lm_calls: float = 0.0
+    extra_seconds: float | NDArray[np.float64] = 0.0
 
     @property
     def fitted(self) -> bool:
@@ -107,95 +172,16 @@ class HeldOutPolicy:
             cuts.append(float(t))
         return retrieve, cuts
 
-
-def _stage(names: Sequence[str]) -> str:
-    specs = feature_specs()
-    stages = {specs[n].stage for n in names if n in specs}
-    if "draft" in stages:
-        return "draft"
-    return "prefill" if names else "none"
-
-
-def fit_fold(
-    x: NDArray[np.float64],
-    y: NDArray[np.int64],
-    names: Sequence[str],
-    inner: Splits,
-    *,
-    calibration: str,
-) -> tuple[FusedPolicy, NDArray[np.float64]]:
-    """:func:`~knowgate.policy.fit_fused`'s recipe on one training fold, with given inner splits.
-
-    Out-of-fold logits of the standardised logistic regression train the calibrator; the final
-    regression is fitted on all training rows. The inner splits depend only on the rows, not on
-    the features, so they are computed once per fold and shared by every policy (grouped,
-    stratified splitting is the slow part of a fit).
-
-    Returns:
-        ``(policy, calibrated out-of-fold p(known) of the training rows)``.
-    """
-    oof = out_of_fold_logits(x, y, inner)
-    calibrator = fit_calibrator(calibration, oof, y)
-    policy = FusedPolicy(fit_scorer(x, y, names), calibrator)
-    return policy, np.clip(calibrator.apply(oof), 0.0, 1.0)
-
-
-def cross_fit(
-    x: NDArray[np.float64],
-    table: BenchTable,
-    names: Sequence[str],
-    splits: Splits,
-    rows: NDArray[np.bool_],
-    *,
-    calibration: str,
-    inner_folds: int,
-    seed: int,
-    inner_splits: Sequence[Splits] | None = None,
-) -> tuple[NDArray[np.float64], NDArray[np.float64], tuple[FoldPrediction, ...]]:
-    """Fit on each fold's training rows, predict its held-out rows.
-
-    Args:
-        x: ``[n, k]`` features of every row of ``table``.
-        table: both branches (labels and groups).
-        names: the feature names.
-        splits: outer folds over all rows.
-        rows: where the policy is defined; training and held-out rows are restricted to them.
-        calibration: calibration method.
-        inner_folds: folds of the inner cross-validation.
-        seed: split seed.
-        inner_splits: precomputed inner splits per outer fold (indices into the fold's
-            training rows); computed here when ``None``.
-
-    Returns:
-        ``(score, p_known, folds)``; NaN outside ``rows``.
-
-    Raises:
-        PolicyError: a training fold has fewer than 2 correct or 2 wrong closed-book answers.
-    """
-    if not np.all(np.isfinite(x[rows])):
-        bad = [n for j, n in enumerate(names) if not np.all(np.isfinite(x[rows, j]))]
-        raise PolicyError(f"feature(s) {bad} have NaN or inf values")
-    y, groups = table.cb_correct, table.labelled.groups
-    score = np.full(table.n, np.nan)
-    p_known = np.full(table.n, np.nan)
-    folds = []
-    for i, (train_all, test_all) in enumerate(splits):
-        train = train_all[rows[train_all]]
-        test = test_all[rows[test_all]]
-        inner = (
-            inner_splits[i]
-            if inner_splits is not None
-            else make_splits(y[train], groups[train], n_splits=inner_folds, seed=seed)
+    def outcome(self, table: BenchTable, retrieve: NDArray[np.bool_]) -> Outcome:
+        """The outcome of ``retrieve`` over the policy's rows, at the policy's cost."""
+        extra = self.extra_seconds
+        return policy_outcome(
+            table.branches.subset(self.rows),
+            retrieve[self.rows],
+            stage=self.stage,
+            extra_lm_calls=self.extra_lm_calls,
+            extra_seconds=extra[self.rows] if isinstance(extra, np.ndarray) else extra,
         )
-        try:
-            policy, p_train = fit_fold(x[train], y[train], names, inner, calibration=calibration)
-        except ValueError as exc:  # scikit-learn: a class missing from an inner fold, etc.
-            raise PolicyError(f"cannot fit on this fold: {exc}") from exc
-        if test.size:
-            score[test] = expit(policy.scorer.logits(x[test]))
-            p_known[test] = policy.p_known_matrix(x[test])
-        folds.append(FoldPrediction(train, test, p_train, p_known[test].copy()))
-    return score, p_known, tuple(folds)
 
 
 @dataclass
@@ -213,20 +199,96 @@ class HeldOutSet:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
+def baselines(table: BenchTable) -> dict[str, HeldOutPolicy]:
+    """never, always and the oracle: policies without a fit."""
+    y = table.cb_correct
+    everywhere = np.ones(table.n, dtype=bool)
+    return {
+        "never": HeldOutPolicy(
+            "never", "baseline", "none", (), everywhere, fixed_retrieve=np.zeros(table.n, bool)
+        ),
+        "always": HeldOutPolicy(
+            "always", "baseline", "none", (), everywhere, fixed_retrieve=np.ones(table.n, bool)
+        ),
+        # A gate that reads the label: its cost is a gate's, its decisions the ceiling.
+        "oracle": HeldOutPolicy(
+            "oracle",
+            "oracle",
+            "prefill",
+            (),
+            everywhere,
+            score=y.astype(np.float64),
+            p_known=y.astype(np.float64),
+            fixed_retrieve=y == 0,
+        ),
+    }
+
+
+def cross_fit_candidate(
+    candidate: PolicyCandidate,
+    y: NDArray[np.int64],
+    groups: NDArray[np.str_],
+    splits: Splits,
+    *,
+    calibration: str,
+    inner_folds: int,
+    seed: int,
+    shared_inner: Sequence[Splits] | None,
+) -> HeldOutPolicy:
+    """Cross-fit one candidate against labels ``y`` (the table's, or permuted ones).
+
+    Raises:
+        PolicyError: a training fold cannot be fitted.
+    """
+    fit = cross_fit(
+        candidate.x,
+        y,
+        groups,
+        candidate.features,
+        splits,
+        rows=candidate.rows,
+        calibration=calibration,
+        inner_folds=inner_folds,
+        seed=seed,
+        shared_inner=shared_inner,
+        learner=candidate.learner,
+    )
+    return HeldOutPolicy(
+        candidate.name,
+        candidate.family,
+        candidate.stage,
+        candidate.features,
+        candidate.rows,
+        fit.score,
+        fit.p_known,
+        fit.folds,
+        extra_lm_calls=candidate.extra_lm_calls,
+        extra_seconds=candidate.extra_seconds,
+    )
+
+
+def candidates(table: BenchTable, families: Sequence[str]) -> list[PolicyCandidate]:
+    """Every candidate of the named families, in family order.
+
+    Raises:
+        PolicyError: an unknown family name.
+    """
+    unknown = [f for f in families if f not in POLICY_FAMILIES]
+    if unknown:
+        raise PolicyError(f"unknown policy famil(ies) {unknown}; known: {list(POLICY_FAMILIES)}")
+    return [c for f in families for c in POLICY_FAMILIES[f](table)]
+
+
 def held_out_policies(
     table: BenchTable,
     *,
     folds: int = 5,
     calibration: str = "sigmoid",
     seed: int = 0,
-    singles: bool = True,
+    families: Sequence[str] = tuple(POLICY_FAMILIES),
     progress: bool = False,
 ) -> HeldOutSet:
-    """Cross-fit every policy the benchmark compares.
-
-    Policies: never, always, oracle; the fused feature sets of the calibration study
-    (uncertainty, sparsity, both - prefill and prefill+draft - question-only and question +
-    model signals); each model feature alone (``singles``); popularity on PopQA rows.
+    """Cross-fit every policy the benchmark compares, on one set of outer folds.
 
     Raises:
         PolicyError: too few correct (or wrong) closed-book answers to cross-validate at all.
@@ -234,73 +296,27 @@ def held_out_policies(
     from tqdm.auto import tqdm
 
     lab = table.labelled
-    n = table.n
-    everywhere = np.ones(n, dtype=bool)
-    splits = make_splits(lab.y, lab.groups, n_splits=folds, seed=seed)
+    splits = outer_splits(lab.y, lab.groups, folds=folds, seed=seed)
     inner = min(folds, 5)
-    shared_inner: list[Splits] | None
-    try:
-        shared_inner = [
-            make_splits(lab.y[train], lab.groups[train], n_splits=inner, seed=seed)
-            for train, _ in splits
-        ]
-    except PolicyError:  # too few correct answers in a training fold: every fit will say so
-        shared_inner = None
-    out: dict[str, HeldOutPolicy] = {
-        "never": HeldOutPolicy(
-            "never", "baseline", "none", (), everywhere, fixed_retrieve=np.zeros(n, dtype=bool)
-        ),
-        "always": HeldOutPolicy(
-            "always", "baseline", "none", (), everywhere, fixed_retrieve=np.ones(n, dtype=bool)
-        ),
-        "oracle": HeldOutPolicy(
-            "oracle",
-            "oracle",
-            "none",
-            (),
-            everywhere,
-            score=lab.y.astype(np.float64),
-            p_known=lab.y.astype(np.float64),
-            fixed_retrieve=lab.y == 0,
-        ),
-    }
+    shared = inner_splits(splits, lab.y, lab.groups, folds=inner, seed=seed)
+    out = baselines(table)
     skipped: dict[str, str] = {}
-    jobs: list[tuple[str, Family, list[str], NDArray[np.float64], NDArray[np.bool_]]] = []
-    for name, names in standard_feature_sets(lab).items():
-        jobs.append((name, "fused", names, lab.matrix(names), everywhere))
-    pop_rows = np.isfinite(lab.popularity)
-    if pop_rows.any():
-        log_pop = np.log10(1.0 + np.where(pop_rows, lab.popularity, 0.0))[:, None]
-        jobs.append((POPULARITY, "popularity", ["log10_s_pop"], log_pop, pop_rows))
-    else:
+    if "popularity" in families and not np.isfinite(lab.popularity).any():
         skipped[POPULARITY] = "no question has PopQA popularity (s_pop)"
-    if singles:
-        specs = feature_specs()
-        for name in lab.features:
-            model_signal = name in specs and specs[name].family in ("sparsity", "uncertainty")
-            if model_signal and np.ptp(lab.features[name]) > 0:
-                jobs.append((name, "single", [name], lab.features[name][:, None], everywhere))
-    for name, family, names, x, rows in tqdm(
-        jobs, desc="cross-fitting policies", unit="policy", disable=not progress
-    ):
+    jobs = candidates(table, families)
+    for candidate in tqdm(jobs, desc="cross-fitting policies", unit="policy", disable=not progress):
         try:
-            score, p_known, fold_preds = cross_fit(
-                x,
-                table,
-                names,
+            out[candidate.name] = cross_fit_candidate(
+                candidate,
+                lab.y,
+                lab.groups,
                 splits,
-                rows,
                 calibration=calibration,
                 inner_folds=inner,
                 seed=seed,
-                inner_splits=shared_inner if rows.all() and shared_inner else None,
+                shared_inner=shared,
             )
         except PolicyError as exc:
-            skipped[name] = str(exc)
-            log.warning("policy %s not fitted: %s", name, exc)
-            continue
-        stage = "metadata" if family == "popularity" else _stage(names)
-        out[name] = HeldOutPolicy(
-            name, family, stage, tuple(names), rows, score, p_known, fold_preds
-        )
+            skipped[candidate.name] = str(exc)
+            log.warning("policy %s not fitted: %s", candidate.name, exc)
     return HeldOutSet(out, splits, skipped)

@@ -1,30 +1,38 @@
-"""What a policy's held-out decisions are worth: accuracy, cost, ranking and calibration.
+"""What a policy's held-out decisions are worth: accuracy, cost, skips, ranking and calibration.
 
-A question's outcome under a policy is its retrieval answer when the policy retrieves, its
-closed-book answer otherwise. Reported per policy (over the rows where it is defined):
+A question's outcome under a policy is the one outcome rule
+(:func:`~knowgate.evaluation.both_branches.policy_outcome`): its retrieval answer when the policy
+retrieves, its closed-book answer otherwise, with the LM calls and latency of the request's path
+through the router. Reported per policy (:class:`~knowgate.evaluation.bench.summary.PolicyResult`,
+over the rows where it is defined):
 
-- In-Accuracy, EM and F1 of the outcomes; accuracy with a bootstrap 95% interval, and its paired
-  difference from always retrieving;
-- retrieval rate (= retriever calls per question), LM calls per question (a gated request makes
-  one pass, two when it retrieves; plain never/always pipelines make one), savings efficiency
-  ``(1 - retrieval rate) / (1 - oracle retrieval rate)``;
+- In-Accuracy with a bootstrap 95% interval, its paired difference from always retrieving and
+  from random gating at the policy's own retrieval rate; EM and F1;
+- retrieval rate (= retriever calls per question), LM calls per question, and the bounded
+  savings quantities: **skip recall** (share of the closed-book-correct questions the policy
+  skips) and **skip precision** (share of skipped questions answered correctly closed-book),
+  with Wilson intervals;
 - AUROC of the score for closed-book correctness (bootstrap 95% interval), also within PopQA
   relation and within dataset (pooled AUROC over mixed templates can be high for a score that
   only recognises the template); ECE (15 bins) and Brier of the calibrated p(known);
-- mean wall time per question as the router would serve it (see
-  :mod:`knowgate.evaluation.bench.both_branches`).
+- mean wall time per question.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import numpy as np
 from numpy.typing import NDArray
+from statsmodels.stats.proportion import proportion_confint
 
-from knowgate.evaluation.bench.both_branches import BenchTable
-from knowgate.evaluation.bench.held_out import HeldOutPolicy
+from knowgate.evaluation.bench.policies import HeldOutPolicy
+from knowgate.evaluation.bench.summary import (
+    BranchSummary,
+    GroupOutcome,
+    PolicyResult,
+    RankingMetrics,
+)
+from knowgate.evaluation.bench.table import BenchTable
+from knowgate.evaluation.both_branches import Outcome, policy_outcome
 from knowgate.evaluation.metrics import (
     auroc,
     bootstrap_ci,
@@ -32,64 +40,124 @@ from knowgate.evaluation.metrics import (
     expected_calibration_error,
     stratified_auroc,
 )
+from knowgate.evaluation.reporting import Interval, finite, mean_interval
 
 
-def _r(value: float | None, digits: int = 4) -> float | None:
-    if value is None or not np.isfinite(value):
-        return None
-    return round(float(value), digits)
+def _mean(values: NDArray[np.float64]) -> float | None:
+    v = values[np.isfinite(values)]
+    return finite(float(v.mean())) if v.size else None
 
 
-def _ci(values: NDArray[np.float64], n_boot: int, seed: int) -> list[float | None]:
-    if not n_boot:
-        return [_r(float(values.mean())), None, None]
-    ci = bootstrap_ci(np.mean, values, n_resamples=n_boot, seed=seed)
-    return [_r(ci.estimate), _r(ci.low), _r(ci.high)]
+def wilson(count: float, total: float) -> Interval:
+    """A proportion with its Wilson 95% interval (``None`` estimate over no rows)."""
+    if total <= 0:
+        return Interval(None)
+    low, high = proportion_confint(round(count), round(total), alpha=0.05, method="wilson")
+    return Interval.of(count / total, float(low), float(high))
 
 
-def outcomes(retrieve: NDArray[np.bool_], table: BenchTable) -> dict[str, NDArray[np.float64]]:
-    """Per-question accuracy, EM and F1 of a set of decisions."""
-    return {
-        "accuracy": np.where(retrieve, table.rag_correct, table.cb_correct).astype(np.float64),
-        "em": np.where(retrieve, table.rag_em, table.cb_em),
-        "f1": np.where(retrieve, table.rag_f1, table.cb_f1),
-    }
+def skip_quality(
+    skipped: NDArray[np.float64], cb_correct: NDArray[np.float64]
+) -> tuple[Interval, Interval | None]:
+    """Skip recall and skip precision of (possibly fractional) skip decisions.
 
-
-def wall_seconds(
-    retrieve: NDArray[np.bool_], table: BenchTable, policy: HeldOutPolicy
-) -> NDArray[np.float64]:
-    """Per-question wall time of the decisions as served (plain pipelines for never/always)."""
-    if policy.name == "always":
-        return table.plain_rag_seconds()
-    draft = policy.stage == "draft"
-    return np.where(
-        retrieve, table.retrieval_seconds(draft_gate=draft), table.closed_book_seconds()
-    )
+    Skip recall: share of the closed-book-correct questions that are skipped. Skip precision:
+    share of the skipped questions that are closed-book-correct (``None`` when none is skipped).
+    Both are bounded in [0, 1]; random gating's expected precision is the closed-book accuracy.
+    Fractional skips (random gating's expected decisions) get no interval.
+    """
+    hits = float(np.sum(skipped * cb_correct))
+    known = float(np.sum(cb_correct))
+    n_skipped = float(np.sum(skipped))
+    exact = bool(np.all((skipped == 0) | (skipped == 1)))
+    if not exact:
+        recall = Interval.of(hits / known if known else None)
+        precision = Interval.of(hits / n_skipped) if n_skipped else None
+        return recall, precision
+    return wilson(hits, known), (wilson(hits, n_skipped) if n_skipped else None)
 
 
 def ranking_metrics(
-    policy: HeldOutPolicy, table: BenchTable, rows: NDArray[np.bool_], n_boot: int, seed: int
-) -> dict[str, Any]:
+    policy: HeldOutPolicy, table: BenchTable, n_boot: int, seed: int
+) -> RankingMetrics | None:
     """AUROC (pooled, within relation, within dataset), ECE and Brier of the held-out scores."""
     if policy.score is None or policy.p_known is None:
-        return {}
+        return None
     lab = table.labelled
+    rows = policy.rows
     y, s, p = lab.y[rows], policy.score[rows], policy.p_known[rows]
     rel = rows & (lab.relations != "")
-    out: dict[str, Any] = {"auroc": _r(auroc(y, s))}
+    ci = None
     if n_boot and policy.family != "oracle":
-        ci = bootstrap_ci(auroc, y, s, n_resamples=n_boot, seed=seed)
-        out["auroc_ci95"] = [_r(ci.low), _r(ci.high)]
-    out["auroc_within_relation"] = (
-        _r(stratified_auroc(lab.y[rel], policy.score[rel], lab.relations[rel]).auroc)
+        boot = bootstrap_ci(auroc, y, s, n_resamples=n_boot, seed=seed)
+        ci = Interval.of(boot.estimate, boot.low, boot.high)
+    return RankingMetrics(
+        auroc=finite(auroc(y, s)),
+        auroc_ci95=ci,
+        auroc_within_relation=finite(
+            stratified_auroc(lab.y[rel], policy.score[rel], lab.relations[rel]).auroc
+        )
         if rel.any()
-        else None
+        else None,
+        auroc_within_dataset=finite(stratified_auroc(y, s, lab.datasets[rows]).auroc),
+        ece=finite(expected_calibration_error(y, p)),
+        brier=finite(brier_score(y, p)),
     )
-    out["auroc_within_dataset"] = _r(stratified_auroc(y, s, lab.datasets[rows]).auroc)
-    out["ece"] = _r(expected_calibration_error(y, p))
-    out["brier"] = _r(brier_score(y, p))
-    return out
+
+
+def outcome_result(
+    name: str,
+    family: str,
+    stage: str,
+    outcome: Outcome,
+    table: BenchTable,
+    rows: NDArray[np.bool_],
+    *,
+    n_features: int = 0,
+    n_boot: int = 1000,
+    seed: int = 0,
+    random_reference: bool = True,
+) -> PolicyResult:
+    """Every decision metric of an outcome over ``rows`` (no ranking metrics).
+
+    ``random_reference`` adds the paired difference from random gating at the outcome's own
+    retrieval rate (expected accuracy, on the same rows).
+    """
+    branches = table.branches.subset(rows)
+    cb, rag = branches.closed_book_correct, branches.retrieval_correct
+    rate = outcome.retrieval_rate
+    random_expected = rate * rag + (1.0 - rate) * cb
+    recall, precision = skip_quality(1.0 - outcome.retrieved, cb)
+    datasets = table.labelled.datasets[rows]
+    per = {
+        str(d): GroupOutcome(
+            n=int(np.sum(datasets == d)),
+            accuracy=finite(float(outcome.correct[datasets == d].mean())),
+            retrieval_rate=finite(float(outcome.retrieved[datasets == d].mean())),
+        )
+        for d in dict.fromkeys(datasets.tolist())
+    }
+    return PolicyResult(
+        name=name,
+        family=family,
+        stage=stage,
+        n_features=n_features,
+        n=int(rows.sum()),
+        accuracy=mean_interval(outcome.correct, n_boot, seed),
+        accuracy_minus_always=mean_interval(outcome.correct - rag, n_boot, seed),
+        accuracy_minus_random=mean_interval(outcome.correct - random_expected, n_boot, seed)
+        if random_reference
+        else None,
+        exact_match=_mean(outcome.exact_match),
+        f1=_mean(outcome.score),
+        retrieval_rate=rate,
+        lm_calls_per_question=outcome.lm_calls_per_question,
+        skip_recall=recall,
+        skip_precision=precision,
+        mean_seconds=outcome.mean_seconds,
+        total_seconds=float(outcome.seconds.sum()),
+        per_dataset=per,
+    )
 
 
 def evaluate_decisions(
@@ -97,98 +165,71 @@ def evaluate_decisions(
     retrieve: NDArray[np.bool_],
     table: BenchTable,
     *,
-    always_accuracy: NDArray[np.float64],
     n_boot: int = 1000,
     seed: int = 0,
     thresholds: list[float] | None = None,
-) -> dict[str, Any]:
+) -> PolicyResult:
     """Every metric of one policy's held-out decisions (over the policy's rows).
 
     Args:
-        policy: the policy (its rows, scores and stage).
+        policy: the policy (its rows, scores, stage and costs).
         retrieve: held-out retrieve decision per row of ``table``.
         table: both branches.
-        always_accuracy: per-question accuracy of always retrieving (the paired reference).
         n_boot: bootstrap resamples for the intervals (0 = none).
         seed: bootstrap seed.
         thresholds: the cut each outer fold chose (reported).
     """
     rows = policy.rows
-    outs = {k: v[rows] for k, v in outcomes(retrieve, table).items()}
-    r = retrieve[rows].astype(np.float64)
-    oracle_rate = 1.0 - float(table.cb_correct[rows].mean())
-    seconds = wall_seconds(retrieve, table, policy)[rows]
-    gated = policy.family not in ("baseline",)
-    lm_calls = 1.0 + r.mean() if gated else 1.0
-    diff = outs["accuracy"] - always_accuracy[rows]
-    out: dict[str, Any] = {
-        "name": policy.name,
-        "family": policy.family,
-        "stage": policy.stage,
-        "n_features": len(policy.features),
-        "n": int(rows.sum()),
-        "accuracy": _ci(outs["accuracy"], n_boot, seed),
-        "em": _r(float(outs["em"].mean())),
-        "f1": _r(float(outs["f1"].mean())),
-        "retrieval_rate": _r(float(r.mean())),
-        "retriever_calls_per_question": _r(float(r.mean())),
-        "lm_calls_per_question": _r(lm_calls),
-        "savings_efficiency": _r((1.0 - r.mean()) / (1.0 - oracle_rate))
-        if oracle_rate < 1.0
-        else None,
-        "accuracy_minus_always": _ci(diff, n_boot, seed),
-        "mean_seconds_per_question": _r(float(seconds.mean())),
-        "total_seconds": _r(float(seconds.sum()), 2),
-    }
-    if thresholds:
-        out["thresholds_per_fold"] = [_r(t) for t in thresholds]
-    out.update(ranking_metrics(policy, table, rows, n_boot, seed))
-    datasets = table.labelled.datasets
-    acc = outcomes(retrieve, table)["accuracy"]
-    per: dict[str, dict[str, Any]] = {}
-    for name in dict.fromkeys(datasets[rows].tolist()):
-        m = rows & (datasets == name)
-        per[str(name)] = {
-            "n": int(m.sum()),
-            "accuracy": _r(float(acc[m].mean())),
-            "retrieval_rate": _r(float(retrieve[m].mean())),
-            "auroc": None
-            if policy.score is None
-            else _r(auroc(table.cb_correct[m], policy.score[m])),
+    result = outcome_result(
+        policy.name,
+        policy.family,
+        policy.stage,
+        policy.outcome(table, retrieve),
+        table,
+        rows,
+        n_features=len(policy.features),
+        n_boot=n_boot,
+        seed=seed,
+        random_reference=policy.family != "baseline",
+    )
+    per = dict(result.per_dataset)
+    if policy.score is not None:
+        datasets = table.labelled.datasets
+        for name, group in per.items():
+            m = rows & (datasets == name)
+            per[name] = GroupOutcome(
+                group.n,
+                group.accuracy,
+                group.retrieval_rate,
+                finite(auroc(table.cb_correct[m], policy.score[m])),
+            )
+    return PolicyResult(
+        **{
+            **result.__dict__,
+            "thresholds_per_fold": tuple(thresholds or ()),
+            "ranking": ranking_metrics(policy, table, n_boot, seed),
+            "per_dataset": per,
         }
-    out["per_dataset"] = per
-    return out
+    )
 
 
 def random_at_rate(
-    rate: float,
-    table: BenchTable,
-    *,
-    always_accuracy: NDArray[np.float64],
-    n_boot: int = 1000,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Random gating at ``rate``: expected outcomes (no draw noise), same cost columns."""
-    expected = rate * table.rag_correct + (1.0 - rate) * table.cb_correct
-    seconds = rate * table.retrieval_seconds() + (1.0 - rate) * table.closed_book_seconds()
-    oracle_rate = 1.0 - float(table.cb_correct.mean())
-    return {
-        "name": f"random at {rate:.3f}",
-        "family": "baseline",
-        "stage": "none",
-        "n_features": 0,
-        "n": table.n,
-        "accuracy": _ci(expected.astype(np.float64), n_boot, seed),
-        "em": _r(float(np.mean(rate * table.rag_em + (1 - rate) * table.cb_em))),
-        "f1": _r(float(np.mean(rate * table.rag_f1 + (1 - rate) * table.cb_f1))),
-        "retrieval_rate": _r(rate),
-        "retriever_calls_per_question": _r(rate),
-        "lm_calls_per_question": _r(1.0 + rate),
-        "savings_efficiency": _r((1.0 - rate) / (1.0 - oracle_rate)) if oracle_rate < 1 else None,
-        "accuracy_minus_always": _ci(expected - always_accuracy, n_boot, seed),
-        "mean_seconds_per_question": _r(float(seconds.mean())),
-        "total_seconds": _r(float(seconds.sum()), 2),
-    }
+    rate: float, table: BenchTable, *, n_boot: int = 1000, seed: int = 0
+) -> PolicyResult:
+    """Random gating at ``rate``: expected outcomes (no draw noise), served as signal-free."""
+    everywhere = np.ones(table.n, dtype=bool)
+    outcome = table.outcome(np.full(table.n, rate), "none")
+    return outcome_result(
+        f"random at {rate:.3f}",
+        "random",
+        "none",
+        outcome,
+        table,
+        everywhere,
+        n_boot=n_boot,
+        seed=seed,
+        random_reference=False,
+    )
 
 
 def per_group(
@@ -196,46 +237,48 @@ def per_group(
     table: BenchTable,
     groups: NDArray[np.str_],
     mask: NDArray[np.bool_] | None = None,
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, GroupOutcome]:
     """Accuracy and retrieval rate per group (dataset, relation, popularity bucket)."""
-    acc = outcomes(retrieve, table)["accuracy"]
+    acc = np.where(retrieve, table.rag_correct, table.cb_correct).astype(np.float64)
     keep = np.ones(table.n, dtype=bool) if mask is None else mask
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, GroupOutcome] = {}
     for name in dict.fromkeys(groups[keep].tolist()):
         m = keep & (groups == name)
-        out[str(name)] = {
-            "n": int(m.sum()),
-            "accuracy": _r(float(acc[m].mean())),
-            "retrieval_rate": _r(float(retrieve[m].mean())),
-        }
+        out[str(name)] = GroupOutcome(
+            n=int(m.sum()),
+            accuracy=finite(float(acc[m].mean())),
+            retrieval_rate=finite(float(retrieve[m].mean())),
+        )
     return out
 
 
-def summarize_branches(table: BenchTable) -> dict[str, Mapping[str, Any]]:
-    """Per dataset (and overall): closed-book, retrieval and oracle accuracy, evidence recall."""
-    lab = table.labelled
-    out: dict[str, Mapping[str, Any]] = {}
-    names = [*dict.fromkeys(lab.datasets.tolist()), "all"]
-    for name in names:
+def summarize_branches(table: BenchTable) -> dict[str, BranchSummary]:
+    """Per dataset (and overall): closed-book, retrieval and oracle accuracy, evidence, times."""
+    lab, b = table.labelled, table.branches
+    out: dict[str, BranchSummary] = {}
+    for name in [*dict.fromkeys(lab.datasets.tolist()), "all"]:
         m = np.ones(table.n, dtype=bool) if name == "all" else lab.datasets == name
+        sub = b.subset(m)
         ev = table.evidence_hit[m]
         cb, rag = lab.y[m], table.rag_correct[m]
-        out[name] = {
-            "n": int(m.sum()),
-            "closed_book_accuracy": _r(float(cb.mean())),
-            "closed_book_em": _r(float(table.cb_em[m].mean())),
-            "closed_book_f1": _r(float(table.cb_f1[m].mean())),
-            "retrieval_accuracy": _r(float(rag.mean())),
-            "retrieval_em": _r(float(table.rag_em[m].mean())),
-            "retrieval_f1": _r(float(table.rag_f1[m].mean())),
-            "oracle_accuracy": _r(float(np.maximum(cb, rag).mean())),
-            "oracle_retrieval_rate": _r(1.0 - float(cb.mean())),
-            "closed_book_right_retrieval_wrong": int(np.sum((cb == 1) & (rag == 0))),
-            "closed_book_wrong_retrieval_right": int(np.sum((cb == 0) & (rag == 1))),
-            "evidence_in_prompt": _r(float(np.nanmean(ev))) if np.isfinite(ev).any() else None,
-            "questions_with_evidence": int(np.isfinite(ev).sum()),
-            "mean_closed_book_seconds": _r(float(table.closed_book_seconds()[m].mean())),
-            "mean_retrieval_seconds": _r(float(table.retrieval_seconds()[m].mean())),
-            "mean_plain_rag_seconds": _r(float(table.plain_rag_seconds()[m].mean())),
-        }
+        ones, zeros = np.ones(sub.n), np.zeros(sub.n)
+        out[name] = BranchSummary(
+            n=int(m.sum()),
+            closed_book_accuracy=finite(float(cb.mean())),
+            closed_book_em=_mean(sub.closed_book_exact_match),
+            closed_book_f1=_mean(sub.closed_book_score),
+            retrieval_accuracy=finite(float(rag.mean())),
+            retrieval_em=_mean(sub.retrieval_exact_match),
+            retrieval_f1=_mean(sub.retrieval_score),
+            oracle_accuracy=finite(float(np.maximum(cb, rag).mean())),
+            oracle_retrieval_rate=finite(1.0 - float(cb.mean())),
+            closed_book_right_retrieval_wrong=int(np.sum((cb == 1) & (rag == 0))),
+            closed_book_wrong_retrieval_right=int(np.sum((cb == 0) & (rag == 1))),
+            evidence_in_prompt=finite(float(np.nanmean(ev))) if np.isfinite(ev).any() else None,
+            questions_with_evidence=int(np.isfinite(ev).sum()),
+            mean_closed_book_seconds=policy_outcome(sub, zeros, stage="none").mean_seconds,
+            mean_gated_closed_book_seconds=policy_outcome(sub, zeros, stage="prefill").mean_seconds,
+            mean_gated_retrieval_seconds=policy_outcome(sub, ones, stage="prefill").mean_seconds,
+            mean_plain_rag_seconds=policy_outcome(sub, ones, stage="none").mean_seconds,
+        )
     return out

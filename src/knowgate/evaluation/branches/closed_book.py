@@ -9,8 +9,9 @@ is kept on disk:
   for hub ids), the prompt config and a rendered probe prompt (so chat templates count), the
   generation settings that change outputs, the captured layers and feature names, and the
   dataset's content hash. Change any of them and a new file is written; nothing stale is reused.
-- **Append-only, resumable** (:mod:`knowgate.evaluation.answer_cache`): a header line with the key
-  material, then one line per question, fsync'ed per batch; a rerun skips ids already on disk.
+- **Append-only, resumable**: a :class:`~knowgate.evaluation.branches.cache.BranchRunner` (a header
+  line with the key material, then one line per question, fsync'ed per batch; a rerun skips ids
+  already on disk).
 - **Scores are recomputed on read** from the stored answer, so fixing the scorer never requires
   re-running the model.
 """
@@ -18,9 +19,6 @@ is kept on disk:
 from __future__ import annotations
 
 import hashlib
-import logging
-import os
-import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,14 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from knowgate.errors import DataError
-from knowgate.evaluation.answer_cache import (
-    ARRAYS_KEY,
-    CACHE_FORMAT,
-    cache_key,
-    fill_cache,
-    load_cached_rows,
-    slug,
-)
+from knowgate.evaluation.branches.cache import ARRAYS_KEY, CACHE_FORMAT, BranchRunner
 from knowgate.evaluation.datasets import QADataset, QAExample
 from knowgate.evaluation.scoring import AnswerScore, score_answer
 from knowgate.signals import (
@@ -49,18 +40,8 @@ from knowgate.signals import (
 if TYPE_CHECKING:
     from knowgate.models import LanguageModel
 
-log = logging.getLogger(__name__)
-
-WHAT = "closed-book"
-RUNS_DIR_ENV_VAR = "KNOWGATE_RUNS_DIR"
-_PROBE_QUESTION = "What is the capital of France?"
-_FINGERPRINTS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
-
-
-def default_runs_dir() -> Path:
-    """``$KNOWGATE_RUNS_DIR`` if set, else ``runs/`` under the working directory (git-ignored)."""
-    env = os.environ.get(RUNS_DIR_ENV_VAR)
-    return Path(env).expanduser() if env else Path.cwd() / "runs"
+PROBE_QUESTION = "What is the capital of France?"
+"""Rendered into the prompt whose hash keys the caches, so chat templates count."""
 
 
 @dataclass(frozen=True)
@@ -102,70 +83,6 @@ class ClosedBookRecord:
         return self.score.in_accuracy
 
 
-# ----------------------------------------------------------------------------------- cache key
-def _sha256_path_stats(paths: Sequence[Path]) -> str:
-    digest = hashlib.sha256()
-    for p in sorted(paths):
-        digest.update(f"{p.name}:{p.stat().st_size}\n".encode())
-        if p.suffix in {".json", ".txt", ".model"} or p.stat().st_size < (1 << 20):
-            digest.update(p.read_bytes())
-        else:  # large weight file: hash head and tail (full reads of GBs per run are too slow)
-            with p.open("rb") as fh:
-                digest.update(fh.read(1 << 20))
-                fh.seek(-(1 << 20), os.SEEK_END)
-                digest.update(fh.read(1 << 20))
-    return digest.hexdigest()
-
-
-def _hash_parameters(model: Any) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def model_fingerprint(lm: LanguageModel) -> str:
-    """A string that changes when the model's weights change (memoised per instance).
-
-    Packaged and GGUF models: SHA-256 of the GGUF file. Local directories: digests of the config,
-    tokenizer and weight files. Hub ids: the pinned revision (``unpinned`` warns). Anything else
-    (a model wrapped in memory): SHA-256 of every parameter tensor.
-    """
-    if lm in _FINGERPRINTS:
-        return _FINGERPRINTS[lm]
-    from knowgate.errors import ModelLoadError
-    from knowgate.models.cache import sha256_file
-    from knowgate.models.loading import resolve_source
-
-    try:
-        resolved = resolve_source(lm.config.source)
-    except ModelLoadError:
-        resolved = None
-    if resolved is not None and resolved.model_id != lm.model_id:
-        resolved = None  # the wrapped model is not what the config names
-    if resolved is None:
-        fingerprint = "params:" + _hash_parameters(lm.model)
-    elif resolved.kind == "packaged" and resolved.packaged is not None:
-        fingerprint = "gguf:" + resolved.packaged.sha256()
-    elif resolved.kind == "gguf":
-        fingerprint = "gguf:" + sha256_file(Path(resolved.location))
-    elif resolved.kind == "local":
-        files = [p for p in Path(resolved.location).iterdir() if p.is_file()]
-        fingerprint = "dir:" + _sha256_path_stats(files)
-    else:
-        revision = lm.config.revision
-        if revision is None:
-            log.warning(
-                "hub model %s has no pinned revision; the closed-book cache cannot detect "
-                "upstream weight changes (set model.revision to a commit)",
-                lm.model_id,
-            )
-        fingerprint = f"hub:{revision or 'unpinned'}"
-    _FINGERPRINTS[lm] = fingerprint
-    return fingerprint
-
-
 RUN_SIGNALS = SignalConfig(positions=POSITIONS)
 """Closed-book runs record every feature at every prompt position (the router reads a subset)."""
 PROBE_LAYER_COUNT = 10
@@ -185,11 +102,16 @@ def probe_layers(num_layers: int, count: int = PROBE_LAYER_COUNT) -> tuple[int, 
 def cache_key_material(
     lm: LanguageModel, dataset: QADataset, *, max_new_tokens: int | None = None
 ) -> dict[str, Any]:
-    """Everything a closed-book record depends on, as a JSON-able dict (the cache header)."""
+    """Everything a closed-book record depends on, as a JSON-able dict (the cache header).
+
+    The retrieval and peer branches start from this dict (dropping the signal-only entries),
+    so the model's identity, prompts and generation settings key every branch alike.
+    """
+    from knowgate.models.fingerprint import model_fingerprint
     from knowgate.signals import feature_names, sparsity_table_names
 
     generation = lm.config.generation
-    probe = lm.format_prompt(_PROBE_QUESTION)
+    probe = lm.format_prompt(PROBE_QUESTION)
     return {
         "format": CACHE_FORMAT,
         "model_id": lm.model_id,
@@ -223,71 +145,36 @@ def cache_key_material(
     }
 
 
-def closed_book_cache_path(
-    lm: LanguageModel,
-    dataset: QADataset,
-    cache_dir: Path | None = None,
-    *,
-    max_new_tokens: int | None = None,
-) -> Path:
-    """Where the closed-book records of ``lm`` on ``dataset`` live."""
-    root = Path(cache_dir) if cache_dir is not None else default_runs_dir() / "closed_book"
-    key = cache_key(cache_key_material(lm, dataset, max_new_tokens=max_new_tokens))
-    return root / slug(lm.model_id) / f"{slug(dataset.name)}-{key[:16]}.jsonl"
+SIGNAL_ONLY_KEYS = ("layers", "feature_names", "arrays")
+"""Entries of the closed-book key that other branches' answers do not depend on."""
 
 
-def _record_from_row(row: Mapping[str, Any], example: QAExample, dataset: str) -> ClosedBookRecord:
-    try:
-        features = {str(k): float(v) for k, v in row["features"].items()}
-        answer = str(row["answer"])
-        return ClosedBookRecord(
-            example=example,
-            dataset=dataset,
-            answer=answer,
-            stop_reason=str(row["stop_reason"]),
-            score=score_answer(answer, example.golden_answers, example.question),
-            features=features,
-            prompt_tokens=int(row["prompt_tokens"]),
-            prefill_seconds=float(row["prefill_seconds"]),
-            decode_seconds=float(row["decode_seconds"]),
-            batch_size=int(row["batch_size"]),
-        )
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise DataError(f"malformed closed-book record for {example.id!r}: {exc!r}") from exc
+class ClosedBookBranch(BranchRunner[ClosedBookRecord]):
+    """Greedy closed-book answers with every signal of the pass (the label of every gate).
 
-
-def run_closed_book(
-    lm: LanguageModel,
-    dataset: QADataset,
-    *,
-    cache_dir: Path | None = None,
-    batch_size: int | None = None,
-    max_new_tokens: int | None = None,
-    progress: bool = True,
-) -> list[ClosedBookRecord]:
-    """Answer every question of ``dataset`` closed-book, reusing and extending the disk cache.
-
-    Args:
-        lm: the model runner.
-        dataset: the questions (a ``head(n)`` of a file shares the full file's cache).
-        cache_dir: cache root (default ``runs/closed_book`` via :func:`default_runs_dir`).
-        batch_size: prompts per forward pass (default from the model config).
-        max_new_tokens: draft length limit (default from the model config; part of the key).
-        progress: show a tqdm bar over the questions still to run.
-
-    Returns:
-        One record per question, in dataset order.
+    Rows also store, beside the cache, the hidden states of :func:`probe_layers` at every prompt
+    position (for probes) and every sparsity metric at every layer (for the layer study).
     """
-    material = cache_key_material(lm, dataset, max_new_tokens=max_new_tokens)
-    path = closed_book_cache_path(lm, dataset, cache_dir, max_new_tokens=max_new_tokens)
 
-    stored = probe_layers(lm.layout.num_layers)
+    folder = "closed_book"
+    what = "closed-book"
 
-    def answer(chunk: Sequence[QAExample]) -> list[dict[str, Any]]:
+    def __init__(self, lm: LanguageModel, *, max_new_tokens: int | None = None) -> None:
+        super().__init__(lm)
+        self.max_new_tokens = max_new_tokens
+
+    def key_material(self, dataset: QADataset) -> dict[str, Any]:
+        """See :func:`cache_key_material`."""
+        return cache_key_material(self.lm, dataset, max_new_tokens=self.max_new_tokens)
+
+    def answer_batch(self, chunk: Sequence[QAExample]) -> list[dict[str, Any]]:
+        """One prefill with capture hooks (question positions too), then greedy drafts."""
+        lm = self.lm
+        stored = probe_layers(lm.layout.num_layers)
         questions = [ex.question for ex in chunk]
         prompts = [lm.format_prompt(q) for q in questions]
         pre = lm.prefill(prompts, questions=questions)
-        drafts = lm.decode(pre, max_new_tokens=max_new_tokens)
+        drafts = lm.decode(pre, max_new_tokens=self.max_new_tokens)
         rows = []
         for i, draft in enumerate(drafts):
             capture = pre.captures[i].with_draft(draft.stats)
@@ -313,16 +200,66 @@ def run_closed_book(
             )
         return rows
 
-    rows = fill_cache(
-        path,
-        material,
-        dataset,
-        answer,
-        batch_size=batch_size or lm.config.generation.batch_size,
-        what=WHAT,
-        progress=progress,
-    )
-    return [_record_from_row(rows[ex.id], ex, dataset.name) for ex in dataset]
+    @classmethod
+    def parse_record(
+        cls, row: Mapping[str, Any], example: QAExample, dataset: str
+    ) -> ClosedBookRecord:
+        """A cached row as a :class:`ClosedBookRecord`, scored now."""
+        try:
+            features = {str(k): float(v) for k, v in row["features"].items()}
+            answer = str(row["answer"])
+            return ClosedBookRecord(
+                example=example,
+                dataset=dataset,
+                answer=answer,
+                stop_reason=str(row["stop_reason"]),
+                score=score_answer(answer, example.golden_answers, example.question),
+                features=features,
+                prompt_tokens=int(row["prompt_tokens"]),
+                prefill_seconds=float(row["prefill_seconds"]),
+                decode_seconds=float(row["decode_seconds"]),
+                batch_size=int(row["batch_size"]),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise DataError(f"malformed closed-book record for {example.id!r}: {exc!r}") from exc
+
+
+def closed_book_cache_path(
+    lm: LanguageModel,
+    dataset: QADataset,
+    cache_dir: Path | None = None,
+    *,
+    max_new_tokens: int | None = None,
+) -> Path:
+    """Where the closed-book records of ``lm`` on ``dataset`` live."""
+    return ClosedBookBranch(lm, max_new_tokens=max_new_tokens).cache_path(dataset, cache_dir)
+
+
+def run_closed_book(
+    lm: LanguageModel,
+    dataset: QADataset,
+    *,
+    cache_dir: Path | None = None,
+    batch_size: int | None = None,
+    max_new_tokens: int | None = None,
+    progress: bool = True,
+) -> list[ClosedBookRecord]:
+    """Answer every question of ``dataset`` closed-book, reusing and extending the disk cache.
+
+    Args:
+        lm: the model runner.
+        dataset: the questions (a ``head(n)`` of a file shares the full file's cache).
+        cache_dir: cache root (default ``runs/closed_book``, see
+            :func:`~knowgate.evaluation.branches.cache.default_runs_dir`).
+        batch_size: prompts per forward pass (default from the model config).
+        max_new_tokens: draft length limit (default from the model config; part of the key).
+        progress: show a tqdm bar over the questions still to run.
+
+    Returns:
+        One record per question, in dataset order.
+    """
+    branch = ClosedBookBranch(lm, max_new_tokens=max_new_tokens)
+    return branch.run(dataset, cache_dir=cache_dir, batch_size=batch_size, progress=progress)
 
 
 def load_closed_book(path: Path, dataset: QADataset) -> list[ClosedBookRecord]:
@@ -331,5 +268,4 @@ def load_closed_book(path: Path, dataset: QADataset) -> list[ClosedBookRecord]:
     Raises:
         DataError: the cache belongs to another dataset, or lacks some of its questions.
     """
-    rows = load_cached_rows(path, dataset, what=WHAT)
-    return [_record_from_row(rows[ex.id], ex, dataset.name) for ex in dataset]
+    return ClosedBookBranch.load(path, dataset)

@@ -1,12 +1,14 @@
 """Cached, resumable retrieval-branch runs: every question answered with top-k passages.
 
 The benchmark needs each question answered twice. The closed-book half comes from
-:mod:`knowgate.evaluation.closed_book`; this is the other half. Answers go through the product's
-request path - :class:`~knowgate.routing.Router` with the ``always`` policy - so the benchmark
-measures the prompts, passage fitting and per-stage timings users get (gate prefill, retrieval,
-the answer with passages).
+:mod:`knowgate.evaluation.branches.closed_book`; this is the other half. Answers go through the
+product's request path - :class:`~knowgate.routing.Router` with the ``always`` policy - so the
+benchmark measures the prompts, passage fitting and per-stage timings users get. ``always`` reads
+no signal, so the router serves it as plain RAG: retrieval, then the answer with passages, and no
+gate prefill (``timings_ms`` holds ``retrieve`` and ``answer_with_passages``; caches written
+before that change also hold a gate's ``prefill``/``signals``, which are ignored).
 
-The cache is an :mod:`~knowgate.evaluation.answer_cache` like the closed-book one: one
+A :class:`~knowgate.evaluation.branches.cache.BranchRunner` like the closed-book one: one
 append-only JSONL file per model, prompt, knowledge base, ``k`` and dataset, named by a SHA-256
 over all of them, fsync'ed per batch, so an interrupted run resumes where it stopped. Scores are
 recomputed on read.
@@ -16,26 +18,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from knowgate.errors import DataError
-from knowgate.evaluation.answer_cache import cache_key, fill_cache, load_cached_rows, slug
-from knowgate.evaluation.closed_book import cache_key_material, default_runs_dir
+from knowgate.evaluation.branches.cache import BranchRunner
+from knowgate.evaluation.branches.closed_book import (
+    PROBE_QUESTION,
+    SIGNAL_ONLY_KEYS,
+    cache_key_material,
+)
 from knowgate.evaluation.datasets import QADataset, QAExample
 from knowgate.evaluation.scoring import AnswerScore, score_answer
 
 if TYPE_CHECKING:
     from knowgate.models import LanguageModel
 
-log = logging.getLogger(__name__)
-
 BRANCH = "retrieval"
-WHAT = "retrieval-branch"
-_PROBE_QUESTION = "What is the capital of France?"
 
 
 @dataclass(frozen=True)
@@ -57,9 +58,9 @@ class RetrievalRecord:
         evidence_hit: some passage is one of the row's ``evidence_ids`` (``None`` when the row
             lists no evidence).
         retrieval_error: why the router fell back to closed-book, if it did.
-        gate_seconds: the gate's share of the batch: closed-book prefill, signals, policy.
-        retrieve_seconds: the retriever's share.
-        answer_seconds: the share of the retrieval-augmented forward pass (prefill + decode).
+        retrieve_seconds: the retriever's share of the batch.
+        answer_seconds: the share of the retrieval-augmented forward pass (prefill + decode; for
+            a question the router had to answer closed-book, that answer's pass).
         batch_size: questions routed together.
     """
 
@@ -70,7 +71,6 @@ class RetrievalRecord:
     passage_ids: tuple[str, ...]
     evidence_hit: bool | None
     retrieval_error: str | None
-    gate_seconds: float
     retrieve_seconds: float
     answer_seconds: float
     batch_size: int
@@ -120,9 +120,9 @@ def retrieval_key_material(
     with passages does not depend on which signals a gate would read.
     """
     material = cache_key_material(lm, dataset)
-    for signal_only in ("layers", "feature_names", "arrays"):
+    for signal_only in SIGNAL_ONLY_KEYS:
         material.pop(signal_only, None)
-    probe = lm.format_prompt(_PROBE_QUESTION, [_ProbePassage("Paris", "Paris is the capital.")])
+    probe = lm.format_prompt(PROBE_QUESTION, [_ProbePassage("Paris", "Paris is the capital.")])
     material.update(
         branch=BRANCH,
         knowledge_base=dict(knowledge_base),
@@ -133,38 +133,93 @@ def retrieval_key_material(
     return material
 
 
-def retrieval_cache_path(
-    lm: LanguageModel, dataset: QADataset, material: Mapping[str, Any], cache_dir: Path | None
-) -> Path:
-    """Where the retrieval-branch records of ``lm`` on ``dataset`` live."""
-    root = Path(cache_dir) if cache_dir is not None else default_runs_dir() / BRANCH
-    return root / slug(lm.model_id) / f"{slug(dataset.name)}-{cache_key(material)[:16]}.jsonl"
+class RetrievalBranch(BranchRunner[RetrievalRecord]):
+    """Every question answered with the knowledge base's top-``k`` passages, as the router serves.
 
+    Args:
+        lm: the model runner.
+        knowledge_base: the loaded base (:class:`~knowgate.retrieval.KnowledgeBase`).
+        knowledge_base_dir: the directory it was loaded from (its manifest keys the cache).
+        k: passages per question (default ``RouterConfig().retrieval.k``).
+    """
 
-def _record_from_row(row: Mapping[str, Any], example: QAExample, dataset: str) -> RetrievalRecord:
-    try:
-        answer = str(row["answer"])
-        passage_ids = tuple(str(p) for p in row["passage_ids"])
-        timings = {str(k): float(v) for k, v in row["timings_ms"].items()}
-        evidence = {str(e) for e in example.metadata.get("evidence_ids") or ()}
-        return RetrievalRecord(
-            example=example,
-            dataset=dataset,
-            answer=answer,
-            score=score_answer(answer, example.golden_answers, example.question),
-            passage_ids=passage_ids,
-            evidence_hit=bool(evidence & set(passage_ids)) if evidence else None,
-            retrieval_error=row.get("retrieval_error"),
-            gate_seconds=sum(timings.get(s, 0.0) for s in ("prefill", "signals", "policy"))
-            / 1000.0,
-            retrieve_seconds=timings.get("retrieve", 0.0) / 1000.0,
-            # A request the router had to answer closed-book (no passages) spent decode time.
-            answer_seconds=(timings.get("answer_with_passages", 0.0) + timings.get("decode", 0.0))
-            / 1000.0,
-            batch_size=int(row["batch_size"]),
+    folder = BRANCH
+    what = "retrieval-branch"
+    branch = BRANCH
+
+    def __init__(
+        self,
+        lm: LanguageModel,
+        knowledge_base: Any,
+        *,
+        knowledge_base_dir: Path,
+        k: int | None = None,
+    ) -> None:
+        from knowgate.config import RetrievalConfig, RouterConfig
+        from knowgate.policy import build_policy
+        from knowgate.routing import Router
+
+        super().__init__(lm)
+        retrieval = RetrievalConfig() if k is None else RetrievalConfig(k=k)
+        self.k = retrieval.k
+        self.knowledge_base = knowledge_base
+        self.fingerprint = knowledge_base_fingerprint(knowledge_base_dir)
+        self.mode = str(getattr(getattr(knowledge_base, "config", None), "mode", "unknown"))
+        config = RouterConfig(model=lm.config, retrieval=retrieval)
+        self.router = Router(lm, build_policy("always"), knowledge_base, config=config)
+
+    def key_material(self, dataset: QADataset) -> dict[str, Any]:
+        """See :func:`retrieval_key_material`."""
+        return retrieval_key_material(
+            self.lm, dataset, knowledge_base=self.fingerprint, k=self.k, mode=self.mode
         )
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise DataError(f"malformed retrieval-branch record for {example.id!r}: {exc!r}") from exc
+
+    def answer_batch(self, chunk: Sequence[QAExample]) -> list[dict[str, Any]]:
+        """Route the batch through the router with the ``always`` policy."""
+        routed = self.router.route_batch([ex.question for ex in chunk])
+        return [
+            {
+                "answer": out.answer,
+                "in_accuracy": score_answer(out.answer, ex.golden_answers, ex.question).in_accuracy,
+                "passage_ids": [p.id for p in out.passages],
+                "retrieval_error": out.retrieval_error,
+                "timings_ms": out.timings_ms,
+                "calls": out.calls,
+                "batch_size": len(chunk),
+            }
+            for ex, out in zip(chunk, routed, strict=True)
+        ]
+
+    @classmethod
+    def parse_record(
+        cls, row: Mapping[str, Any], example: QAExample, dataset: str
+    ) -> RetrievalRecord:
+        """A cached row as a :class:`RetrievalRecord`, scored now."""
+        try:
+            answer = str(row["answer"])
+            passage_ids = tuple(str(p) for p in row["passage_ids"])
+            timings = {str(k): float(v) for k, v in row["timings_ms"].items()}
+            evidence = {str(e) for e in example.metadata.get("evidence_ids") or ()}
+            return RetrievalRecord(
+                example=example,
+                dataset=dataset,
+                answer=answer,
+                score=score_answer(answer, example.golden_answers, example.question),
+                passage_ids=passage_ids,
+                evidence_hit=bool(evidence & set(passage_ids)) if evidence else None,
+                retrieval_error=row.get("retrieval_error"),
+                retrieve_seconds=timings.get("retrieve", 0.0) / 1000.0,
+                # A request the router had to answer closed-book (no passages) spent decode time.
+                answer_seconds=(
+                    timings.get("answer_with_passages", 0.0) + timings.get("decode", 0.0)
+                )
+                / 1000.0,
+                batch_size=int(row["batch_size"]),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise DataError(
+                f"malformed retrieval-branch record for {example.id!r}: {exc!r}"
+            ) from exc
 
 
 def run_retrieval_branch(
@@ -193,48 +248,8 @@ def run_retrieval_branch(
     Returns:
         One record per question, in dataset order.
     """
-    from knowgate.config import RetrievalConfig, RouterConfig
-    from knowgate.policy import build_policy
-    from knowgate.routing import Router
-
-    retrieval = RetrievalConfig() if k is None else RetrievalConfig(k=k)
-    config = RouterConfig(model=lm.config, retrieval=retrieval)
-    mode = str(getattr(getattr(knowledge_base, "config", None), "mode", "unknown"))
-    material = retrieval_key_material(
-        lm,
-        dataset,
-        knowledge_base=knowledge_base_fingerprint(knowledge_base_dir),
-        k=retrieval.k,
-        mode=mode,
-    )
-    path = retrieval_cache_path(lm, dataset, material, cache_dir)
-    router = Router(lm, build_policy("always"), knowledge_base, config=config)
-
-    def answer(chunk: Sequence[QAExample]) -> list[dict[str, Any]]:
-        routed = router.route_batch([ex.question for ex in chunk])
-        return [
-            {
-                "answer": out.answer,
-                "in_accuracy": score_answer(out.answer, ex.golden_answers, ex.question).in_accuracy,
-                "passage_ids": [p.id for p in out.passages],
-                "retrieval_error": out.retrieval_error,
-                "timings_ms": out.timings_ms,
-                "calls": out.calls,
-                "batch_size": len(chunk),
-            }
-            for ex, out in zip(chunk, routed, strict=True)
-        ]
-
-    rows = fill_cache(
-        path,
-        material,
-        dataset,
-        answer,
-        batch_size=batch_size or lm.config.generation.batch_size,
-        what=WHAT,
-        progress=progress,
-    )
-    return [_record_from_row(rows[ex.id], ex, dataset.name) for ex in dataset]
+    branch = RetrievalBranch(lm, knowledge_base, knowledge_base_dir=knowledge_base_dir, k=k)
+    return branch.run(dataset, cache_dir=cache_dir, batch_size=batch_size, progress=progress)
 
 
 def load_retrieval_branch(path: Path, dataset: QADataset) -> list[RetrievalRecord]:
@@ -243,10 +258,4 @@ def load_retrieval_branch(path: Path, dataset: QADataset) -> list[RetrievalRecor
     Raises:
         DataError: not a retrieval cache, written for another dataset, or incomplete.
     """
-    rows = load_cached_rows(path, dataset, what=WHAT, branch=BRANCH)
-    return [_record_from_row(rows[ex.id], ex, dataset.name) for ex in dataset]
-
-
-def retrieval_records_by_id(records: Sequence[RetrievalRecord]) -> dict[str, RetrievalRecord]:
-    """Index records by question id."""
-    return {r.id: r for r in records}
+    return RetrievalBranch.load(path, dataset)

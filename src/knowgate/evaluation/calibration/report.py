@@ -9,53 +9,35 @@ from typing import Any
 
 import numpy as np
 
-from knowgate.evaluation.calibration_study import LabelledTable, StudyResult
+from knowgate.evaluation.calibration.study import (
+    POPULARITY_SINGLE,
+    SELECTED,
+    BestFeature,
+    CalibrationSummary,
+    StudyResult,
+)
+from knowgate.evaluation.labelled import PLOTTED_SETS, LabelledTable
 from knowgate.evaluation.metrics import ECE_BINS, reliability_bins
+from knowgate.evaluation.reporting import fmt, fmt_interval, md_table
 from knowgate.jsonio import atomic_write_text
 
-PLOTTED_SETS = (
-    "uncertainty (prefill)",
-    "sparsity (prefill)",
-    "uncertainty+sparsity (prefill)",
-    "question-only",
-    "question+uncertainty+sparsity (prefill)",
-    "uncertainty+sparsity (prefill+draft)",
-)
 
-
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def _table(headers: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def render_markdown(summary: Mapping[str, Any], *, top_singles: int = 15) -> str:
+def render_markdown(summary: CalibrationSummary, *, top_singles: int = 15) -> str:
     """The study as Markdown tables."""
     s = summary
     out = [
         "# Calibration report",
         "",
-        f"{s['n_questions']} questions, {s['n_correct']} answered correctly closed-book "
-        f"(accuracy {_fmt(s['closed_book_accuracy'])}). Held-out metrics from {s['folds']}-fold "
+        f"{s.n_questions} questions, {s.n_correct} answered correctly closed-book "
+        f"(accuracy {fmt(s.closed_book_accuracy)}). Held-out metrics from {s.folds}-fold "
         "grouped, stratified cross-validation (nested for the calibrator); calibration: "
-        f"{s['calibration']}; ECE with {ECE_BINS} equal-width bins.",
+        f"{s.calibration}; ECE with {ECE_BINS} equal-width bins.",
         "",
         "## Closed-book accuracy per dataset",
         "",
-        _table(
+        md_table(
             ["dataset", "n", "accuracy", "echo-rejected answers"],
-            [
-                [k, v["n"], v["closed_book_accuracy"], v["echo_rejected"]]
-                for k, v in s["datasets"].items()
-            ],
+            [[k, v.n, v.closed_book_accuracy, v.echo_rejected] for k, v in s.datasets.items()],
         ),
         "",
         "## Fused feature sets (held-out folds)",
@@ -66,32 +48,11 @@ def render_markdown(summary: Mapping[str, Any], *, top_singles: int = 15) -> str
         "rate (with few correct answers, ECE and Brier are small for any near-constant "
         "predictor; the skill score is not).",
         "",
-    ]
-    rows = []
-    for name, m in s["fused"].items():
-        ci = m.get("auroc_ci95") or [None, None]
-        rows.append(
-            [
-                name,
-                m["n_features"],
-                m["auroc"],
-                f"{_fmt(ci[0])}-{_fmt(ci[1])}",
-                m["auroc_calibrated"],
-                m["auroc_within_relation"],
-                m["ece_before"],
-                m["ece_after"],
-                m["brier_before"],
-                m["brier_after"],
-                m["brier_skill_after"],
-            ]
-        )
-    out += [
-        _table(
+        md_table(
             [
                 "feature set",
                 "k",
-                "AUROC",
-                "95% CI",
+                "AUROC [95% CI]",
                 "AUROC cal.",
                 "AUROC within rel.",
                 "ECE before",
@@ -100,94 +61,94 @@ def render_markdown(summary: Mapping[str, Any], *, top_singles: int = 15) -> str
                 "Brier after",
                 "Brier skill",
             ],
-            rows,
+            [
+                [
+                    name,
+                    m.n_features,
+                    fmt_interval(m.auroc_ci95) if m.auroc_ci95 else m.auroc,
+                    m.auroc_calibrated,
+                    m.auroc_within_relation,
+                    m.ece_before,
+                    m.ece_after,
+                    m.brier_before,
+                    m.brier_after,
+                    m.brier_skill_after,
+                ]
+                for name, m in s.fused.items()
+            ],
         ),
         "",
         "AUROC per dataset: "
         + "; ".join(
-            f"**{name}** " + ", ".join(f"{d} {_fmt(v)}" for d, v in m["auroc_per_dataset"].items())
-            for name, m in s["fused"].items()
-            if name in PLOTTED_SETS or name == "selected"
+            f"**{name}** " + ", ".join(f"{d} {fmt(v)}" for d, v in m.auroc_per_dataset.items())
+            for name, m in s.fused.items()
+            if name in PLOTTED_SETS or name == SELECTED
         ),
         "",
         "### Does a signal family add anything? (paired bootstrap, 95% CI)",
         "",
-        _table(
-            ["comparison", "AUROC difference", "95% CI", "within relation", "95% CI"],
+        md_table(
+            ["comparison", "AUROC difference [95% CI]", "within relation [95% CI]"],
             [
                 [
                     k,
-                    v["auroc_difference"][0],
-                    f"{_fmt(v['auroc_difference'][1])} to {_fmt(v['auroc_difference'][2])}",
-                    (v.get("within_relation_difference") or [None])[0],
-                    f"{_fmt((v.get('within_relation_difference') or [None] * 3)[1])} to "
-                    f"{_fmt((v.get('within_relation_difference') or [None] * 3)[2])}",
+                    fmt_interval(v.difference, signed=True),
+                    fmt_interval(v.within_relation_difference, signed=True),
                 ]
-                for k, v in s.get("comparisons", {}).items()
+                for k, v in s.comparisons.items()
             ],
         ),
         "",
-        f"Selected features ({len(s['selected_features'])}): "
-        + ", ".join(f"`{n}`" for n in s["selected_features"]),
+        f"Selected features ({len(s.selected_features)}): "
+        + ", ".join(f"`{n}`" for n in s.selected_features),
         "",
         "## Single features",
         "",
-        f"Top {top_singles} by held-out AUROC (direction chosen on the training folds). "
-        "Best model feature: "
-        + (
-            f"`{s['best_single_feature']['feature']}` "
-            f"({_fmt(s['best_single_feature']['auroc_held_out'])})"
-            if s["best_single_feature"]
-            else "-"
-        )
-        + "; best prefill feature: "
-        + (
-            f"`{s['best_single_prefill_feature']['feature']}` "
-            f"({_fmt(s['best_single_prefill_feature']['auroc_held_out'])})"
-            if s["best_single_prefill_feature"]
-            else "-"
-        )
-        + ".",
+        f"Top {top_singles} by held-out AUROC (each fold's direction chosen on its training "
+        "folds; *within rel.* is of the same held-out score). *In-sample* chooses the direction "
+        "on all rows and scores the same rows: optimistic, shown for reference only. "
+        f"Best model feature: {_best_text(s.best_single_feature)}; best prefill feature: "
+        f"{_best_text(s.best_single_prefill_feature)}.",
         "",
-        _table(
-            ["feature", "family", "stage", "direction", "AUROC pooled", "held-out", "within rel."],
+        md_table(
+            ["feature", "family", "stage", "direction", "in-sample", "held-out", "within rel."],
             [
                 [
                     f"`{k}`",
-                    v["family"],
-                    v["stage"],
-                    v["direction"],
-                    v["auroc_pooled"],
-                    v["auroc_held_out"],
-                    v["auroc_within_relation"],
+                    v.family,
+                    v.stage,
+                    v.direction,
+                    v.auroc_in_sample,
+                    v.auroc_held_out,
+                    v.auroc_within_relation,
                 ]
-                for k, v in list(s["single_features"].items())[:top_singles]
+                for k, v in list(s.single_features.items())[:top_singles]
             ],
         ),
         "",
     ]
-    pop = s["single_features"].get("s_pop (metadata, PopQA rows)")
+    pop = s.single_features.get(POPULARITY_SINGLE)
     if pop:
         out += [
-            f"Popularity baseline (Mallen et al. 2023; PopQA rows only): `s_pop` AUROC "
-            f"{_fmt(pop['auroc_pooled'])} ({pop['direction']}), within relation "
-            f"{_fmt(pop['auroc_within_relation'])}.",
+            f"Popularity baseline (Mallen et al. 2023; {pop.n} PopQA rows): `s_pop` held-out "
+            f"AUROC {fmt(pop.auroc_held_out)} ({pop.direction}), within relation "
+            f"{fmt(pop.auroc_within_relation)}.",
             "",
         ]
-    if s["per_popularity_bucket"]:
+    if s.per_popularity_bucket:
         out += [
             "## Selected policy per PopQA popularity bucket (s_pop)",
             "",
-            _table(
+            md_table(
                 ["bucket", "n", "accuracy", "AUROC", "ECE", "mean p_known"],
                 [
-                    [k, v["n"], v["accuracy"], v.get("auroc"), v.get("ece"), v.get("mean_p_known")]
-                    for k, v in s["per_popularity_bucket"].items()
+                    [k, v.n, v.accuracy, v.auroc, v.ece, v.mean_p_known]
+                    for k, v in s.per_popularity_bucket.items()
                 ],
             ),
             "",
         ]
-    if s["per_relation"]:
+    if s.per_relation:
         out += [
             "## Selected policy per PopQA relation",
             "",
@@ -195,7 +156,7 @@ def render_markdown(summary: Mapping[str, Any], *, top_singles: int = 15) -> str
             "always answering it (the label-prior trap); *top match*: the most common alias "
             "among the model's correct answers and its share of them.",
             "",
-            _table(
+            md_table(
                 [
                     "relation",
                     "n",
@@ -210,30 +171,34 @@ def render_markdown(summary: Mapping[str, Any], *, top_singles: int = 15) -> str
                 [
                     [
                         k,
-                        v["n"],
-                        v["accuracy"],
-                        v.get("auroc"),
-                        v.get("ece"),
-                        v["constant_answer"],
-                        v["constant_answer_accuracy"],
-                        v["top_matched_answer"],
-                        v["top_matched_share_of_correct"],
+                        b.n,
+                        b.accuracy,
+                        b.auroc,
+                        b.ece,
+                        p.constant_answer,
+                        p.constant_answer_accuracy,
+                        p.top_matched_answer,
+                        p.top_matched_share_of_correct,
                     ]
-                    for k, v in s["per_relation"].items()
+                    for k, (b, p) in s.per_relation.items()
                 ],
             ),
             "",
         ]
-    targets = s["targets"]
+    t = s.targets
     out += [
         "## Targets",
         "",
-        f"- fused AUROC above the best single selected feature: "
-        f"{'yes' if targets['fused_auroc_above_best_selected_single'] else 'NO'}",
-        f"- ECE <= 0.05 after calibration: {'yes' if targets['ece_after_at_most_0.05'] else 'NO'}",
+        "- fused AUROC above the best single selected feature: "
+        f"{fmt(t.fused_auroc_above_best_selected_single)}",
+        f"- ECE <= 0.05 after calibration: {fmt(t.ece_after_at_most_0_05)}",
         "",
     ]
     return "\n".join(out)
+
+
+def _best_text(best: BestFeature | None) -> str:
+    return "-" if best is None else f"`{best.feature}` ({fmt(best.auroc_held_out)})"
 
 
 def _plots(table: LabelledTable, result: StudyResult, out_dir: Path) -> list[str]:
@@ -245,19 +210,19 @@ def _plots(table: LabelledTable, result: StudyResult, out_dir: Path) -> list[str
 
     y = table.y
     written = []
-    sel = result.predictions["selected"]
+    sel = result.predictions[SELECTED]
     fig, (ax, hist) = plt.subplots(
         2, 1, figsize=(5.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
     )
     ax.plot([0, 1], [0, 1], "k:", lw=1, label="perfect calibration")
-    for label, p in (("before calibration", sel.p_raw), ("after calibration", sel.p_calibrated)):
+    for label, p in (("before calibration", sel.score), ("after calibration", sel.p_known)):
         bins = reliability_bins(y, p)
         used = bins.count > 0
         ax.plot(bins.mean_confidence[used], bins.accuracy[used], "o-", ms=4, label=label)
     ax.set_ylabel("observed accuracy")
     ax.set_title(f"Reliability, selected features (held-out, {ECE_BINS} bins)")
     ax.legend(loc="upper left", fontsize=8)
-    hist.hist(sel.p_calibrated, bins=np.linspace(0, 1, ECE_BINS + 1), color="tab:orange")
+    hist.hist(sel.p_known, bins=np.linspace(0, 1, ECE_BINS + 1), color="tab:orange")
     hist.set_xlabel("predicted p(known)")
     hist.set_ylabel("questions")
     fig.tight_layout()
@@ -267,21 +232,17 @@ def _plots(table: LabelledTable, result: StudyResult, out_dir: Path) -> list[str
 
     fig, ax = plt.subplots(figsize=(5.5, 5.5))
     ax.plot([0, 1], [0, 1], "k:", lw=1)
-    for name in (*PLOTTED_SETS, "selected"):
+    for name in (*PLOTTED_SETS, SELECTED):
         if name not in result.predictions:
             continue
-        fpr, tpr, _ = roc_curve(y, result.predictions[name].p_raw)
-        auc = result.summary["fused"][name]["auroc"]
-        ax.plot(fpr, tpr, lw=1.5 if name == "selected" else 1, label=f"{name} ({auc:.3f})")
-    best = result.summary.get("best_single_feature")
+        fpr, tpr, _ = roc_curve(y, result.predictions[name].score)
+        auc = fmt(result.summary.fused[name].auroc)
+        ax.plot(fpr, tpr, lw=1.5 if name == SELECTED else 1, label=f"{name} ({auc})")
+    best = result.summary.best_single_feature
     if best:
-        fpr, tpr, _ = roc_curve(y, result.single_scores[best["feature"]])
+        fpr, tpr, _ = roc_curve(y, result.single_scores[best.feature])
         ax.plot(
-            fpr,
-            tpr,
-            "--",
-            lw=1,
-            label=f"best single: {best['feature']} ({best['auroc_held_out']:.3f})",
+            fpr, tpr, "--", lw=1, label=f"best single: {best.feature} ({best.auroc_held_out:.3f})"
         )
     ax.set_xlabel("false positive rate (wrong answers judged known)")
     ax.set_ylabel("true positive rate (correct answers judged known)")
@@ -301,12 +262,13 @@ def write_report(
     *,
     extra: Mapping[str, Any] | None = None,
 ) -> list[Path]:
-    """Write ``report.json``, ``report.md``, ``reliability.png`` and ``roc.png`` to ``out_dir``."""
+    """Write ``report.json``, ``report.md``, ``reliability.png`` and ``roc.png`` to ``out_dir``.
+
+    ``extra`` (facts about the fitted policy: its id, path, threshold) goes into the JSON only.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = {**dict(extra or {}), **result.summary}
-    atomic_write_text(
-        out_dir / "report.json", json.dumps(summary, indent=2, allow_nan=False) + "\n"
-    )
-    atomic_write_text(out_dir / "report.md", render_markdown(summary))
+    data = {**dict(extra or {}), **result.summary.to_dict()}
+    atomic_write_text(out_dir / "report.json", json.dumps(data, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(out_dir / "report.md", render_markdown(result.summary))
     names = ["report.json", "report.md", *_plots(table, result, out_dir)]
     return [out_dir / n for n in names]

@@ -1,11 +1,13 @@
 """The calibration study behind ``knowgate calibrate``: which signals predict closed-book
 correctness, on held-out folds, and how well the fused policy is calibrated.
 
-Every number is out-of-fold: grouped (by normalised question), stratified K-fold over the pooled
-datasets; a fused model's calibrator is fitted inside the training folds (nested), and a single
-feature's direction is chosen on the training folds. Reported:
+Every held-out number is out-of-fold (:mod:`knowgate.evaluation.cross_fitting`): grouped (by
+normalised question), stratified K-fold over the pooled datasets; a fused model's calibrator is
+fitted inside the training folds (nested), and a single feature's direction - popularity's
+included - is chosen on the training folds. Reported (:class:`CalibrationSummary`):
 
-- each single feature's AUROC with its direction (pooled in-sample, held-out, within relation);
+- each single feature's AUROC with its direction: in-sample (labelled so), held-out, and within
+  PopQA relation (of the held-out score);
 - fused feature sets - uncertainty-only, sparsity-only, both, question-only, model+question -
   with AUROC (bootstrap CI), ECE (15 bins) and Brier before/after calibration, and AUROC within
   PopQA relation (the template confound) and per dataset;
@@ -23,8 +25,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from knowgate.errors import ConfigError, DataError
-from knowgate.evaluation.closed_book import ClosedBookRecord
+from knowgate.evaluation.cross_fitting import CrossFit, Splits, cross_fit, outer_splits
+from knowgate.evaluation.labelled import LabelledTable, family_stage, standard_feature_sets
 from knowgate.evaluation.metrics import (
     POPULARITY_BUCKETS,
     auroc,
@@ -35,154 +37,215 @@ from knowgate.evaluation.metrics import (
     popularity_bucket,
     stratified_auroc,
 )
+from knowgate.evaluation.reporting import Interval, finite, to_jsonable
 from knowgate.evaluation.scoring import normalize_answer
-from knowgate.policy.fitting import CrossFitted, cross_fitted_p_known, make_splits
-from knowgate.signals import feature_specs
-from knowgate.signals.question import QUESTION_FEATURES, compute_question_features
 
-FEATURE_GROUPS = ("prefill", "draft", "sparsity", "uncertainty", "question", "model", "all")
+SELECTED = "selected"
+POPULARITY_SINGLE = "s_pop (metadata, PopQA rows)"
+
+
+# ----------------------------------------------------------------------------- typed summary
+@dataclass(frozen=True)
+class DatasetAccuracy:
+    """Closed-book accuracy of one dataset.
+
+    Attributes:
+        n: questions.
+        closed_book_accuracy: share answered correctly closed-book.
+        echo_rejected: answers whose only alias match was an echo of the question.
+    """
+
+    n: int
+    closed_book_accuracy: float | None
+    echo_rejected: int
 
 
 @dataclass(frozen=True)
-class LabelledTable:
-    """Closed-book records as arrays: one row per question.
+class FusedSetResult:
+    """Held-out metrics of one fused feature set.
 
     Attributes:
-        records: the records, in row order.
-        features: feature name -> values (model signals and question-only features).
-        y: 1 when the closed-book answer is correct (In-Accuracy, echo-guarded).
-        groups: normalised question text (cross-validation groups).
-        datasets: dataset name per row.
-        relations: PopQA relation per row (``""`` when unknown).
-        popularity: PopQA ``s_pop`` per row (NaN when unknown).
+        features: its features.
+        auroc: of the logistic regression's own score.
+        auroc_ci95: bootstrap interval of ``auroc`` (``None`` without bootstrap).
+        auroc_calibrated: of the calibrated probability (isotonic adds ties).
+        auroc_within_relation: over pairs within a PopQA relation only.
+        auroc_per_dataset: per dataset.
+        ece_before: ECE of the raw probability.
+        ece_after: ECE of the calibrated probability.
+        brier_before: Brier of the raw probability.
+        brier_after: Brier of the calibrated probability.
+        brier_skill_after: 1 - Brier / Brier of always predicting the base rate.
     """
 
-    records: tuple[ClosedBookRecord, ...]
-    features: dict[str, NDArray[np.float64]]
-    y: NDArray[np.int64]
-    groups: NDArray[np.str_]
-    datasets: NDArray[np.str_]
-    relations: NDArray[np.str_]
-    popularity: NDArray[np.float64]
+    features: tuple[str, ...]
+    auroc: float | None
+    auroc_ci95: Interval | None
+    auroc_calibrated: float | None
+    auroc_within_relation: float | None
+    auroc_per_dataset: dict[str, float | None]
+    ece_before: float | None
+    ece_after: float | None
+    brier_before: float | None
+    brier_after: float | None
+    brier_skill_after: float | None
 
-    def matrix(self, names: Sequence[str]) -> NDArray[np.float64]:
-        """``[n, len(names)]`` feature matrix."""
-        return np.column_stack([self.features[n] for n in names])
+    @property
+    def n_features(self) -> int:
+        """Number of features."""
+        return len(self.features)
 
 
-def build_table(records: Sequence[ClosedBookRecord]) -> LabelledTable:
-    """Join model features with question-only features and labels.
+@dataclass(frozen=True)
+class SingleFeatureResult:
+    """One feature alone.
 
-    Raises:
-        DataError: no records, or records with different model-feature sets.
+    Attributes:
+        family: signal family (``sparsity``, ``uncertainty``, ``question``, ``metadata``).
+        stage: ``prefill``, ``draft`` or ``none``.
+        direction: the direction chosen on all rows (``higher_is_known`` / ``lower_is_known``).
+        auroc_in_sample: AUROC in that direction, on the rows that chose it (optimistic).
+        auroc_held_out: AUROC with each fold's direction chosen on its training folds.
+        auroc_within_relation: held-out AUROC over pairs within a PopQA relation.
+        n: rows where the feature is defined.
     """
-    if not records:
-        raise DataError("no closed-book records to study")
-    model_names = sorted(records[0].features)
-    cols: dict[str, list[float]] = {n: [] for n in model_names}
-    cols.update({n: [] for n in QUESTION_FEATURES})
-    for rec in records:
-        if sorted(rec.features) != model_names:
-            raise DataError(
-                f"record {rec.id} of {rec.dataset} has a different feature set; were the "
-                "closed-book runs made with different knowgate versions?"
-            )
-        for n in model_names:
-            cols[n].append(rec.features[n])
-        for n, v in compute_question_features(rec.example.question, rec.example.metadata).items():
-            cols[n].append(v)
-    return LabelledTable(
-        records=tuple(records),
-        features={n: np.asarray(v, dtype=np.float64) for n, v in cols.items()},
-        y=np.asarray([int(r.correct) for r in records], dtype=np.int64),
-        groups=np.asarray([r.example.group for r in records]),
-        datasets=np.asarray([r.dataset for r in records]),
-        relations=np.asarray([r.example.relation or "" for r in records]),
-        popularity=np.asarray(
-            [np.nan if r.example.popularity is None else r.example.popularity for r in records]
-        ),
-    )
+
+    family: str
+    stage: str
+    direction: str
+    auroc_in_sample: float | None
+    auroc_held_out: float | None
+    auroc_within_relation: float | None
+    n: int
 
 
-def _family_stage(name: str) -> tuple[str, str]:
-    spec = feature_specs().get(name)
-    if spec is not None:
-        return spec.family, spec.stage
-    return ("question", "prefill") if name in QUESTION_FEATURES else ("unknown", "unknown")
+@dataclass(frozen=True)
+class BestFeature:
+    """The single feature with the highest held-out AUROC in some pool."""
+
+    feature: str
+    auroc_held_out: float
+    direction: str
 
 
-def features_in(table: LabelledTable, group: str) -> list[str]:
-    """Feature names of ``table`` in a named group (see :data:`FEATURE_GROUPS`)."""
-    out = []
-    for name in table.features:
-        family, stage = _family_stage(name)
-        model = family in ("sparsity", "uncertainty")
-        keep = {
-            "prefill": model and stage == "prefill",
-            "draft": model and stage == "draft",
-            "sparsity": family == "sparsity",
-            "uncertainty": family == "uncertainty",
-            "question": family == "question",
-            "model": model,
-            "all": True,
-        }[group]
-        if keep:
-            out.append(name)
-    return out
+@dataclass(frozen=True)
+class AurocComparison:
+    """Paired bootstrap of the AUROC difference of two fused sets (first - second).
 
-
-def resolve_features(table: LabelledTable, spec: Sequence[str]) -> list[str]:
-    """Expand feature group names and explicit names (``prefill``, ``next_token_entropy``).
-
-    Raises:
-        ConfigError: an unknown name.
+    Attributes:
+        first: the first set.
+        second: the second set.
+        difference: pooled AUROC difference with its interval.
+        within_relation_difference: the same over within-relation pairs.
     """
-    names: list[str] = []
-    for token in spec:
-        for part in (p.strip() for p in token.split(",")):
-            if not part:
-                continue
-            if part in FEATURE_GROUPS:
-                names.extend(features_in(table, part))
-            elif part in table.features:
-                names.append(part)
-            else:
-                raise ConfigError(
-                    f"unknown feature {part!r}; use a feature name or one of "
-                    f"{', '.join(FEATURE_GROUPS)}"
-                )
-    unique = list(dict.fromkeys(names))
-    if not unique:
-        raise ConfigError("no features selected")
-    return unique
+
+    first: str
+    second: str
+    difference: Interval
+    within_relation_difference: Interval | None
 
 
-def _non_constant(table: LabelledTable, names: Sequence[str]) -> list[str]:
-    return [n for n in names if np.ptp(table.features[n]) > 0]
+@dataclass(frozen=True)
+class Breakdown:
+    """The selected policy on a subset (a popularity bucket, a relation).
+
+    Attributes:
+        n: questions.
+        accuracy: closed-book accuracy.
+        auroc: held-out AUROC of the selected set.
+        ece: its ECE after calibration.
+        mean_p_known: its mean calibrated p(known).
+    """
+
+    n: int
+    accuracy: float | None
+    auroc: float | None
+    ece: float | None
+    mean_p_known: float | None
 
 
-def standard_feature_sets(table: LabelledTable) -> dict[str, list[str]]:
-    """The fused comparisons the issue asks for (constant columns dropped)."""
-    prefill_u = [n for n in features_in(table, "prefill") if _family_stage(n)[0] == "uncertainty"]
-    sparsity = features_in(table, "sparsity")
-    draft = features_in(table, "draft")
-    question = _non_constant(table, features_in(table, "question"))
-    sets = {
-        "uncertainty (prefill)": prefill_u,
-        "sparsity (prefill)": sparsity,
-        "uncertainty+sparsity (prefill)": prefill_u + sparsity,
-        "question-only": question,
-        "question+uncertainty (prefill)": question + prefill_u,
-        "question+uncertainty+sparsity (prefill)": question + prefill_u + sparsity,
-        "uncertainty (prefill+draft)": prefill_u + draft,
-        "uncertainty+sparsity (prefill+draft)": prefill_u + draft + sparsity,
-        "question+all model (prefill+draft)": question + prefill_u + draft + sparsity,
-    }
-    return {k: _non_constant(table, v) for k, v in sets.items() if _non_constant(table, v)}
+@dataclass(frozen=True)
+class RelationPrior:
+    """The label-prior trap of a PopQA relation.
+
+    Attributes:
+        constant_answer: the relation's most common gold object.
+        constant_answer_accuracy: accuracy of always answering it.
+        top_matched_answer: the most common alias among the model's correct answers.
+        top_matched_share_of_correct: its share of them.
+    """
+
+    constant_answer: str | None
+    constant_answer_accuracy: float | None
+    top_matched_answer: str | None
+    top_matched_share_of_correct: float | None
 
 
-def _nan_to_none(value: float) -> float | None:
-    return None if value is None or not np.isfinite(value) else round(float(value), 4)
+@dataclass(frozen=True)
+class StudyTargets:
+    """The study's targets.
+
+    Attributes:
+        fused_auroc_above_best_selected_single: the selected fused set ranks better, held-out,
+            than its best single feature.
+        ece_after_at_most_0_05: the selected set's calibrated ECE is at most 0.05.
+    """
+
+    fused_auroc_above_best_selected_single: bool
+    ece_after_at_most_0_05: bool
+
+
+@dataclass(frozen=True)
+class CalibrationSummary:
+    """Everything ``report.json`` holds (see the module docstring)."""
+
+    n_questions: int
+    n_correct: int
+    closed_book_accuracy: float | None
+    calibration: str
+    folds: int
+    seed: int
+    bootstrap_resamples: int
+    datasets: dict[str, DatasetAccuracy]
+    selected_features: tuple[str, ...]
+    best_single_feature: BestFeature | None
+    best_single_prefill_feature: BestFeature | None
+    best_single_selected_feature: BestFeature | None
+    fused: dict[str, FusedSetResult]
+    single_features: dict[str, SingleFeatureResult]
+    comparisons: dict[str, AurocComparison]
+    per_popularity_bucket: dict[str, Breakdown]
+    per_relation: dict[str, tuple[Breakdown, RelationPrior]]
+    targets: StudyTargets
+
+    @property
+    def selected(self) -> FusedSetResult:
+        """The fused set of the policy being fitted."""
+        return self.fused[SELECTED]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (``report.json``)."""
+        out: dict[str, Any] = to_jsonable(self)
+        for name, fused in self.fused.items():
+            out["fused"][name]["n_features"] = fused.n_features
+        out["per_relation"] = {
+            k: {**to_jsonable(b), **to_jsonable(p)} for k, (b, p) in self.per_relation.items()
+        }
+        return out
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """The study's numbers and the held-out predictions behind its plots."""
+
+    summary: CalibrationSummary
+    predictions: dict[str, CrossFit]
+    single_scores: dict[str, NDArray[np.float64]]
+
+
+# -------------------------------------------------------------------------------- the study
+def _r(value: float | None) -> float | None:
+    return finite(value)
 
 
 def _bucket_rows(table: LabelledTable) -> dict[str, NDArray[np.bool_]]:
@@ -190,55 +253,75 @@ def _bucket_rows(table: LabelledTable) -> dict[str, NDArray[np.bool_]]:
     return {name: buckets == name for name, _, _ in POPULARITY_BUCKETS if (buckets == name).any()}
 
 
-def _held_out_single(
-    table: LabelledTable, name: str, splits: Sequence[tuple[NDArray[np.int64], NDArray[np.int64]]]
+def _held_out_direction(
+    x: NDArray[np.float64], y: NDArray[np.int64], rows: NDArray[np.bool_], splits: Splits
 ) -> NDArray[np.float64]:
-    x = table.features[name]
-    score = np.empty_like(x)
+    """The feature signed by each fold's direction, chosen on that fold's training rows."""
+    score = np.full(x.size, np.nan)
     for train, test in splits:
-        _, direction = auroc_with_direction(table.y[train], x[train])
+        train, test = train[rows[train]], test[rows[test]]
+        _, direction = auroc_with_direction(y[train], x[train])
         score[test] = x[test] if direction == "higher_is_known" else -x[test]
     return score
 
 
-def _relation_rows(table: LabelledTable) -> NDArray[np.bool_]:
-    return np.asarray(table.relations != "")
+def _within_relation(table: LabelledTable, score: NDArray[np.float64]) -> float | None:
+    rel = (table.relations != "") & np.isfinite(score)
+    if not rel.any():
+        return None
+    return _r(stratified_auroc(table.y[rel], score[rel], table.relations[rel]).auroc)
 
 
-def _fused_metrics(
-    table: LabelledTable, cf: CrossFitted, *, n_boot: int, seed: int
-) -> dict[str, Any]:
+def _single(
+    table: LabelledTable,
+    x: NDArray[np.float64],
+    rows: NDArray[np.bool_],
+    splits: Splits,
+    family: str,
+    stage: str,
+) -> tuple[SingleFeatureResult, NDArray[np.float64]]:
     y = table.y
-    rel = _relation_rows(table)
-    ci = bootstrap_ci(auroc, y, cf.p_raw, n_resamples=n_boot, seed=seed) if n_boot else None
-    within = (
-        stratified_auroc(y[rel], cf.p_raw[rel], table.relations[rel]).auroc
-        if rel.any()
-        else float("nan")
+    in_sample, direction = auroc_with_direction(y[rows], x[rows])
+    held = _held_out_direction(np.where(rows, x, 0.0), y, rows, splits)
+    result = SingleFeatureResult(
+        family=family,
+        stage=stage,
+        direction=direction,
+        auroc_in_sample=_r(in_sample),
+        auroc_held_out=_r(auroc(y[rows], held[rows])),
+        auroc_within_relation=_within_relation(table, held),
+        n=int(rows.sum()),
     )
-    per_dataset = {
-        name: _nan_to_none(auroc(y[table.datasets == name], cf.p_raw[table.datasets == name]))
-        for name in dict.fromkeys(table.datasets.tolist())
-    }
-    return {
-        "auroc": _nan_to_none(auroc(y, cf.p_raw)),
-        "auroc_ci95": None if ci is None else [_nan_to_none(ci.low), _nan_to_none(ci.high)],
-        "auroc_calibrated": _nan_to_none(auroc(y, cf.p_calibrated)),
-        "auroc_within_relation": _nan_to_none(within),
-        "auroc_per_dataset": per_dataset,
-        "ece_before": _nan_to_none(expected_calibration_error(y, cf.p_raw)),
-        "ece_after": _nan_to_none(expected_calibration_error(y, cf.p_calibrated)),
-        "brier_before": _nan_to_none(brier_score(y, cf.p_raw)),
-        "brier_after": _nan_to_none(brier_score(y, cf.p_calibrated)),
+    return result, held
+
+
+def _fused_result(
+    table: LabelledTable, names: Sequence[str], cf: CrossFit, *, n_boot: int, seed: int
+) -> FusedSetResult:
+    y = table.y
+    ci = bootstrap_ci(auroc, y, cf.score, n_resamples=n_boot, seed=seed) if n_boot else None
+    base = brier_score(y, np.full(y.size, y.mean()))
+    return FusedSetResult(
+        features=tuple(names),
+        auroc=_r(auroc(y, cf.score)),
+        auroc_ci95=None if ci is None else Interval.of(ci.estimate, ci.low, ci.high),
+        auroc_calibrated=_r(auroc(y, cf.p_known)),
+        auroc_within_relation=_within_relation(table, cf.score),
+        auroc_per_dataset={
+            name: _r(auroc(y[table.datasets == name], cf.score[table.datasets == name]))
+            for name in dict.fromkeys(table.datasets.tolist())
+        },
+        ece_before=_r(expected_calibration_error(y, cf.score)),
+        ece_after=_r(expected_calibration_error(y, cf.p_known)),
+        brier_before=_r(brier_score(y, cf.score)),
+        brier_after=_r(brier_score(y, cf.p_known)),
         # Skill against always predicting the base rate: with few correct answers ECE and Brier
         # are small for any near-constant predictor, so this is the number that says more.
-        "brier_skill_after": _nan_to_none(
-            1.0 - brier_score(y, cf.p_calibrated) / brier_score(y, np.full(y.size, y.mean()))
-        ),
-    }
+        brier_skill_after=_r(1.0 - brier_score(y, cf.p_known) / base) if base > 0 else None,
+    )
 
 
-def _relation_prior(table: LabelledTable, mask: NDArray[np.bool_]) -> dict[str, Any]:
+def _relation_prior(table: LabelledTable, mask: NDArray[np.bool_]) -> RelationPrior:
     """The label-prior trap: how far one constant answer goes on a relation."""
     idx = np.flatnonzero(mask)
     objects = Counter(
@@ -259,31 +342,28 @@ def _relation_prior(table: LabelledTable, mask: NDArray[np.bool_]) -> dict[str, 
             )
         )
         if constant
-        else float("nan")
+        else None
     )
     correct = [i for i in idx if table.y[i]]
     answers = Counter(normalize_answer(table.records[i].score.matched_alias or "") for i in correct)
     top_answer, top_count = answers.most_common(1)[0] if answers else ("", 0)
-    return {
-        "constant_answer": constant or None,
-        "constant_answer_accuracy": _nan_to_none(constant_acc),
-        "top_matched_answer": top_answer or None,
-        "top_matched_share_of_correct": _nan_to_none(top_count / len(correct)) if correct else None,
-    }
+    return RelationPrior(
+        constant_answer=constant or None,
+        constant_answer_accuracy=_r(constant_acc),
+        top_matched_answer=top_answer or None,
+        top_matched_share_of_correct=_r(top_count / len(correct)) if correct else None,
+    )
 
 
-def _breakdown(
-    table: LabelledTable, mask: NDArray[np.bool_], cf: CrossFitted | None
-) -> dict[str, Any]:
+def _breakdown(table: LabelledTable, mask: NDArray[np.bool_], cf: CrossFit) -> Breakdown:
     y = table.y[mask]
-    out: dict[str, Any] = {"n": int(mask.sum()), "accuracy": _nan_to_none(float(y.mean()))}
-    if cf is not None:
-        out.update(
-            auroc=_nan_to_none(auroc(y, cf.p_raw[mask])),
-            ece=_nan_to_none(expected_calibration_error(y, cf.p_calibrated[mask])),
-            mean_p_known=_nan_to_none(float(cf.p_calibrated[mask].mean())),
-        )
-    return out
+    return Breakdown(
+        n=int(mask.sum()),
+        accuracy=_r(float(y.mean())),
+        auroc=_r(auroc(y, cf.score[mask])),
+        ece=_r(expected_calibration_error(y, cf.p_known[mask])),
+        mean_p_known=_r(float(cf.p_known[mask].mean())),
+    )
 
 
 COMPARISONS: tuple[tuple[str, str, str], ...] = (
@@ -312,11 +392,11 @@ COMPARISONS: tuple[tuple[str, str, str], ...] = (
 
 
 def _comparisons(
-    table: LabelledTable, predictions: Mapping[str, CrossFitted], *, n_boot: int, seed: int
-) -> dict[str, dict[str, Any]]:
+    table: LabelledTable, predictions: Mapping[str, CrossFit], *, n_boot: int, seed: int
+) -> dict[str, AurocComparison]:
     """Paired bootstrap of AUROC differences between fused sets, pooled and within relation."""
     y = table.y
-    rel = _relation_rows(table)
+    rel = table.relations != ""
     codes = np.unique(table.relations, return_inverse=True)[1]
 
     def pooled(yy: Any, a: Any, b: Any) -> float:
@@ -325,35 +405,32 @@ def _comparisons(
     def within(yy: Any, a: Any, b: Any, g: Any) -> float:
         return stratified_auroc(yy, a, g).auroc - stratified_auroc(yy, b, g).auroc
 
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, AurocComparison] = {}
     for label, first, second in COMPARISONS:
         if first not in predictions or second not in predictions:
             continue
-        a, b = predictions[first].p_raw, predictions[second].p_raw
-        entry: dict[str, Any] = {"first": first, "second": second}
+        a, b = predictions[first].score, predictions[second].score
+        within_ci: Interval | None = None
         if n_boot:
             ci = bootstrap_ci(pooled, y, a, b, n_resamples=n_boot, seed=seed)
-            entry["auroc_difference"] = [_nan_to_none(v) for v in (ci.estimate, ci.low, ci.high)]
+            diff = Interval.of(ci.estimate, ci.low, ci.high)
             if rel.any():
                 ci = bootstrap_ci(
                     within, y[rel], a[rel], b[rel], codes[rel], n_resamples=n_boot, seed=seed
                 )
-                entry["within_relation_difference"] = [
-                    _nan_to_none(v) for v in (ci.estimate, ci.low, ci.high)
-                ]
+                within_ci = Interval.of(ci.estimate, ci.low, ci.high)
         else:
-            entry["auroc_difference"] = [_nan_to_none(pooled(y, a, b)), None, None]
-        out[label] = entry
+            diff = Interval.of(pooled(y, a, b))
+        out[label] = AurocComparison(first, second, diff, within_ci)
     return out
 
 
-@dataclass(frozen=True)
-class StudyResult:
-    """The study's numbers (``summary``) and the held-out predictions behind its plots."""
-
-    summary: dict[str, Any]
-    predictions: dict[str, CrossFitted]
-    single_scores: dict[str, NDArray[np.float64]]
+def _best(pool: Mapping[str, SingleFeatureResult]) -> BestFeature | None:
+    ranked = [(v.auroc_held_out or 0.0, k) for k, v in pool.items()]
+    if not ranked:
+        return None
+    score, name = max(ranked)
+    return BestFeature(name, score, pool[name].direction)
 
 
 def run_study(
@@ -376,127 +453,93 @@ def run_study(
         seed: split seed.
         bootstrap_resamples: resamples for the AUROC confidence intervals (0 = none).
         progress: show a progress bar over the fused fits.
+
+    Raises:
+        PolicyError: too few correct (or wrong) closed-book answers to cross-validate.
     """
     from tqdm.auto import tqdm
 
     y = table.y
-    splits = make_splits(y, table.groups, n_splits=n_splits, seed=seed)
-    rel = _relation_rows(table)
+    everywhere = np.ones(y.size, dtype=bool)
+    splits = outer_splits(y, table.groups, folds=n_splits, seed=seed)
     feature_sets = standard_feature_sets(table)
-    feature_sets["selected"] = list(selected)
+    feature_sets[SELECTED] = list(selected)
 
-    singles: dict[str, dict[str, Any]] = {}
+    singles: dict[str, SingleFeatureResult] = {}
     single_scores: dict[str, NDArray[np.float64]] = {}
-    single_names = [n for n in table.features if np.ptp(table.features[n]) > 0]
-    for name in single_names:
-        x = table.features[name]
-        pooled, direction = auroc_with_direction(y, x)
-        held = _held_out_single(table, name, splits)
-        single_scores[name] = held
-        signed = x if direction == "higher_is_known" else -x
-        within = (
-            stratified_auroc(y[rel], signed[rel], table.relations[rel]).auroc
-            if rel.any()
-            else float("nan")
+    for name in (n for n in table.features if np.ptp(table.features[n]) > 0):
+        family, stage = family_stage(name)
+        singles[name], single_scores[name] = _single(
+            table, table.features[name], everywhere, splits, family, stage
         )
-        family, stage = _family_stage(name)
-        singles[name] = {
-            "family": family,
-            "stage": stage,
-            "direction": direction,
-            "auroc_pooled": _nan_to_none(pooled),
-            "auroc_held_out": _nan_to_none(auroc(y, held)),
-            "auroc_within_relation": _nan_to_none(within),
-        }
     pop_rows = np.isfinite(table.popularity)
-    if pop_rows.any():
-        pooled, direction = auroc_with_direction(y[pop_rows], table.popularity[pop_rows])
-        both = pop_rows & rel
-        singles["s_pop (metadata, PopQA rows)"] = {
-            "family": "metadata",
-            "stage": "none",
-            "direction": direction,
-            "auroc_pooled": _nan_to_none(pooled),
-            "auroc_held_out": None,
-            "auroc_within_relation": _nan_to_none(
-                stratified_auroc(y[both], table.popularity[both], table.relations[both]).auroc
-            ),
-        }
+    if pop_rows.any() and np.ptp(table.popularity[pop_rows]) > 0:
+        singles[POPULARITY_SINGLE], _ = _single(
+            table, np.where(pop_rows, table.popularity, 0.0), pop_rows, splits, "metadata", "none"
+        )
 
-    fused: dict[str, dict[str, Any]] = {}
-    predictions: dict[str, CrossFitted] = {}
+    fused: dict[str, FusedSetResult] = {}
+    predictions: dict[str, CrossFit] = {}
     for set_name, names in tqdm(feature_sets.items(), desc="fused fits", disable=not progress):
-        cf = cross_fitted_p_known(
+        cf = cross_fit(
             table.matrix(names),
             y,
+            table.groups,
             names,
+            splits,
             calibration=calibration,
-            groups=table.groups,
-            n_splits=n_splits,
+            inner_folds=n_splits,
             seed=seed,
         )
         predictions[set_name] = cf
-        fused[set_name] = {
-            "n_features": len(names),
-            **_fused_metrics(table, cf, n_boot=bootstrap_resamples, seed=seed),
-        }
-    fused["selected"]["features"] = list(selected)
+        fused[set_name] = _fused_result(table, names, cf, n_boot=bootstrap_resamples, seed=seed)
 
-    model_singles = {k: v for k, v in singles.items() if v["family"] in ("sparsity", "uncertainty")}
-    prefill_singles = {k: v for k, v in model_singles.items() if v["stage"] == "prefill"}
-
-    def best(pool: Mapping[str, Mapping[str, Any]]) -> dict[str, Any] | None:
-        ranked = [(v["auroc_held_out"] or 0.0, k) for k, v in pool.items()]
-        if not ranked:
-            return None
-        score, name = max(ranked)
-        return {"feature": name, "auroc_held_out": score, "direction": pool[name]["direction"]}
-
-    sel = predictions["selected"]
+    model_singles = {k: v for k, v in singles.items() if v.family in ("sparsity", "uncertainty")}
+    prefill_singles = {k: v for k, v in model_singles.items() if v.stage == "prefill"}
+    sel = predictions[SELECTED]
     datasets = {}
     for name in dict.fromkeys(table.datasets.tolist()):
         mask = table.datasets == name
-        datasets[name] = {
-            "n": int(mask.sum()),
-            "closed_book_accuracy": _nan_to_none(float(y[mask].mean())),
-            "echo_rejected": int(
+        datasets[name] = DatasetAccuracy(
+            n=int(mask.sum()),
+            closed_book_accuracy=_r(float(y[mask].mean())),
+            echo_rejected=int(
                 sum(table.records[i].score.echo_rejected for i in np.flatnonzero(mask))
             ),
-        }
+        )
     by_bucket = {name: _breakdown(table, mask, sel) for name, mask in _bucket_rows(table).items()}
     by_relation = {}
-    for name in sorted(set(table.relations[rel].tolist())):
+    for name in sorted(set(table.relations[table.relations != ""].tolist())):
         mask = table.relations == name
-        by_relation[name] = {**_breakdown(table, mask, sel), **_relation_prior(table, mask)}
+        by_relation[name] = (_breakdown(table, mask, sel), _relation_prior(table, mask))
 
-    best_selected = best({k: v for k, v in singles.items() if k in set(selected)})
-    best_model = best(model_singles)
-    summary = {
-        "n_questions": int(y.size),
-        "n_correct": int(y.sum()),
-        "closed_book_accuracy": _nan_to_none(float(y.mean())),
-        "calibration": calibration,
-        "folds": len(splits),
-        "seed": seed,
-        "bootstrap_resamples": bootstrap_resamples,
-        "datasets": datasets,
-        "selected_features": list(selected),
-        "best_single_feature": best_model,
-        "best_single_prefill_feature": best(prefill_singles),
-        "best_single_selected_feature": best_selected,
-        "fused": fused,
-        "single_features": dict(
-            sorted(singles.items(), key=lambda kv: -(kv[1]["auroc_held_out"] or 0.0))
+    best_selected = _best({k: v for k, v in singles.items() if k in set(selected)})
+    summary = CalibrationSummary(
+        n_questions=int(y.size),
+        n_correct=int(y.sum()),
+        closed_book_accuracy=_r(float(y.mean())),
+        calibration=calibration,
+        folds=len(splits),
+        seed=seed,
+        bootstrap_resamples=bootstrap_resamples,
+        datasets=datasets,
+        selected_features=tuple(selected),
+        best_single_feature=_best(model_singles),
+        best_single_prefill_feature=_best(prefill_singles),
+        best_single_selected_feature=best_selected,
+        fused=fused,
+        single_features=dict(
+            sorted(singles.items(), key=lambda kv: -(kv[1].auroc_held_out or 0.0))
         ),
-        "comparisons": _comparisons(table, predictions, n_boot=bootstrap_resamples, seed=seed),
-        "per_popularity_bucket": by_bucket,
-        "per_relation": by_relation,
-        "targets": {
-            "fused_auroc_above_best_selected_single": bool(
+        comparisons=_comparisons(table, predictions, n_boot=bootstrap_resamples, seed=seed),
+        per_popularity_bucket=by_bucket,
+        per_relation=by_relation,
+        targets=StudyTargets(
+            fused_auroc_above_best_selected_single=bool(
                 best_selected is not None
-                and (fused["selected"]["auroc"] or 0.0) > best_selected["auroc_held_out"]
+                and (fused[SELECTED].auroc or 0.0) > best_selected.auroc_held_out
             ),
-            "ece_after_at_most_0.05": bool((fused["selected"]["ece_after"] or 1.0) <= 0.05),
-        },
-    }
+            ece_after_at_most_0_05=bool((fused[SELECTED].ece_after or 1.0) <= 0.05),
+        ),
+    )
     return StudyResult(summary, predictions, single_scores)
