@@ -321,3 +321,38 @@ def test_replay_cache_round_trip(result, table, tmp_path) -> None:
     out = json.loads(result_cli.output)
     assert out["questions"] == int((table.labelled.datasets == "nq_like").sum())
     assert [p["label"] for p in out["policies"]] == ["always", "fused"]
+
+
+def test_a_new_policy_family_is_one_function_and_one_entry(table, monkeypatch) -> None:
+    """A peer method reading its own per-row data, at its own cost, joins the benchmark."""
+    import dataclasses
+
+    from knowgate.evaluation.bench.policies import POLICY_FAMILIES, PolicyCandidate
+    from knowgate.evaluation.bench.policy_results import evaluate_decisions
+    from knowgate.evaluation.operating_rules import RULES
+
+    def sampled_agreement(t):
+        yield PolicyCandidate(
+            "sample agreement",
+            "peers",
+            "draft",
+            ("agreement",),
+            t.extra["agreement"][:, None],
+            np.ones(t.n, dtype=bool),
+            extra_lm_calls=5.0,
+            extra_seconds=0.5,
+        )
+
+    monkeypatch.setitem(POLICY_FAMILIES, "peers", sampled_agreement)
+    informative = table.labelled.features[INFORMATIVE[0]]
+    with_peers = dataclasses.replace(table, extra={"agreement": informative})
+    held = held_out_policies(with_peers, folds=3, families=["peers"])
+    policy = held.policies["sample agreement"]
+    retrieve, _ = policy.decide(RULES["probability:0.5"], with_peers)
+    result = evaluate_decisions(policy, retrieve, with_peers, n_boot=0)
+    rate = retrieve.mean()
+    assert result.family == "peers" and result.ranking.auroc > 0.77
+    # a draft-stage gate: prefill 0.1 + decode 0.2, then retrieval 0.01 + answer 0.9 when it
+    # retrieves, plus the 0.5 s and 5 calls its samples cost
+    assert result.mean_seconds == pytest.approx(0.1 + 0.2 + 0.91 * rate + 0.5)
+    assert result.lm_calls_per_question == pytest.approx(1 + rate + 5)

@@ -3,7 +3,11 @@
 Every fitted policy is a :class:`PolicyCandidate` - a name, what it reads (a feature matrix and
 the stage it needs), where it is defined, its learner and any cost beyond the gate's own pass -
 produced by a *policy family* (a function of the table). :data:`POLICY_FAMILIES` lists them;
-adding a family to the benchmark is one function that yields candidates and one entry there.
+adding a family to the benchmark is one function that yields candidates and one entry there. A
+family whose inputs are not closed-book features (sampled answers, hidden states for a probe)
+reads them from :attr:`BenchTable.extra <knowgate.evaluation.bench.table.BenchTable.extra>`,
+plugs its own learner in, and declares what it costs beyond the gate's pass
+(``extra_lm_calls``, ``extra_seconds``) so its LM calls and latency are honest.
 
 :func:`held_out_policies` cross-fits every candidate on one set of outer folds
 (:mod:`knowgate.evaluation.cross_fitting`) and adds the baselines that need no fit: never,

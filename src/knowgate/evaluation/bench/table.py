@@ -14,7 +14,7 @@ from the retrieval-branch run, timed in this run.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
@@ -46,6 +46,9 @@ class BenchTable:
         branches: both branches' correctness, scores and stage times.
         evidence_hit: 1 when a passage in the prompt is a gold evidence passage, 0 when not, NaN
             when the row lists no evidence.
+        extra: named per-row arrays beyond the closed-book features (peer signals from
+            :mod:`~knowgate.evaluation.branches.peers`, stored hidden states for probes), for
+            policy families that read them; ``[n, ...]`` each.
     """
 
     model_id: str
@@ -53,6 +56,12 @@ class BenchTable:
     retrieval: tuple[RetrievalRecord, ...]
     branches: BranchOutcomes
     evidence_hit: NDArray[np.float64]
+    extra: dict[str, NDArray[np.float64]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        bad = [k for k, v in self.extra.items() if v.shape[:1] != (self.n,)]
+        if bad:
+            raise DataError(f"extra arrays {bad} do not have one row per question ({self.n})")
 
     @property
     def n(self) -> int:
