@@ -64,7 +64,7 @@ def synthetic_row(
 
 
 def write_both_branches(path: Path, rows: Iterable[dict]) -> Path:
-    """Write a both-branch cache file (the schema of knowgate.experiments.replay)."""
+    """Write a both-branch file (the schema of knowgate.evaluation.both_branches) as given."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as fh:
         for row in rows:
@@ -83,14 +83,24 @@ def both_branch_row(
     model_id: str | None = "smollm2-135m",
     scores: bool = True,
 ) -> dict:
+    """One row whose gate costs ``cb_s`` when it answers closed-book and ``rag_s`` when it
+    retrieves: half of ``cb_s`` is the gate's prefill, half the decode, so plain RAG (always)
+    costs ``rag_s - cb_s / 2`` and the closed-book LLM (never) ``cb_s``.
+    """
+    prefill = cb_s / 2
     row = {
         "id": f"q{i}",
         "dataset": "synthetic",
         "model_id": model_id,
         "closed_book_correct": cb,
         "retrieval_correct": rag,
-        "closed_book_seconds": cb_s,
-        "retrieval_seconds": rag_s,
+        "seconds": {
+            "prefill": prefill,
+            "signals": 0.0,
+            "decode": cb_s - prefill,
+            "retrieve": 0.0,
+            "answer_with_passages": rag_s - prefill,
+        },
         "features": {"next_token_max_prob": p, "hidden_hoyer_last": None},
     }
     if scores:

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from experiments_helpers import both_branch_row, gate_policy, write_both_branches
 from knowgate.cli import app
-from knowgate.errors import ExperimentError, PolicyError
+from knowgate.errors import DataError, PolicyError
 from knowgate.experiments import CACHE_FILE, read_both_branches, replay
 from knowgate.policy import build_policy
 
@@ -53,6 +53,9 @@ def test_replay_gives_the_exact_paired_comparison(tmp_path) -> None:
     assert by["gate"].accuracy.value == pytest.approx(report.references["oracle"]["accuracy"])
     assert by["gate"].wall_time_s.value == pytest.approx(0.7 * 0.3 + 0.3 * 0.1)
     assert by["gate"].total_time_s == pytest.approx(200 * (0.7 * 0.3 + 0.3 * 0.1))
+    # always is plain RAG: the answer with passages without the gate's 0.05 s prefill
+    assert by["always"].wall_time_s.value == pytest.approx(0.3 - 0.05)
+    assert by["never"].wall_time_s.value == pytest.approx(0.1)
     assert by["never"].accuracy.value == pytest.approx(0.3)
     assert report.references["never"]["accuracy"] == pytest.approx(0.3)
 
@@ -62,7 +65,7 @@ def test_replay_gives_the_exact_paired_comparison(tmp_path) -> None:
     assert gate["retrieval_rate"].diff == pytest.approx(-0.3)
     # 60 discordant retrieve decisions, all one way: McNemar chi-square, p tiny.
     assert gate["retrieval_rate"].p_value < 1e-10
-    assert gate["wall_time_s"].diff == pytest.approx(-0.3 * 0.2)
+    assert gate["wall_time_s"].diff == pytest.approx((0.7 * 0.3 + 0.3 * 0.1) - 0.25)
     assert "score" in gate
     never = {d.metric: d for d in report.comparisons["never"]}
     # never vs always: every discordant pair is always-right & never-wrong (126 of them).
@@ -145,7 +148,7 @@ def test_replay_interval_and_p_value_never_disagree(tmp_path) -> None:
         (lambda r: r.pop("retrieval_correct"), "retrieval_correct"),
         (lambda r: r.update(closed_book_correct="yes"), "closed_book_correct"),
         (lambda r: r.update(closed_book_correct=1), "closed_book_correct"),
-        (lambda r: r.update(retrieval_seconds=-1), "retrieval_seconds"),
+        (lambda r: r["seconds"].update(retrieve=-1), "seconds.retrieve"),
         (lambda r: r.update(surprise=1), "surprise: unknown key"),
         (lambda r: r.update(features={"x": "high"}), "features.x"),
     ],
@@ -154,29 +157,29 @@ def test_rows_off_the_schema_are_reported_with_their_line(tmp_path, mutate, matc
     rows = [both_branch_row(i, p=0.5, cb=False, rag=True) for i in range(3)]
     mutate(rows[1])
     path = write_both_branches(tmp_path / CACHE_FILE, rows)
-    with pytest.raises(ExperimentError, match=f":2: .*{match}"):
+    with pytest.raises(DataError, match=f":2: .*{match}"):
         read_both_branches(path)
 
 
 def test_cache_level_errors(tmp_path) -> None:
-    with pytest.raises(ExperimentError, match="not found"):
+    with pytest.raises(DataError, match="not found"):
         read_both_branches(tmp_path)
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / CACHE_FILE).write_text("\n")
-    with pytest.raises(ExperimentError, match="empty"):
+    with pytest.raises(DataError, match="empty"):
         read_both_branches(empty)
     dup = [both_branch_row(1, p=0.5, cb=False, rag=True)] * 2
-    with pytest.raises(ExperimentError, match="duplicate id 'q1'"):
+    with pytest.raises(DataError, match="duplicate id 'q1'"):
         read_both_branches(write_both_branches(tmp_path / "d.jsonl", dup))
     mixed = [
         both_branch_row(1, p=0.5, cb=False, rag=True, model_id="a"),
         both_branch_row(2, p=0.5, cb=False, rag=True, model_id="b"),
     ]
-    with pytest.raises(ExperimentError, match="mixes rows of several models"):
+    with pytest.raises(DataError, match="mixes rows of several models"):
         read_both_branches(write_both_branches(tmp_path / "m.jsonl", mixed))
     (tmp_path / "bad.jsonl").write_text("{not json\n")
-    with pytest.raises(ExperimentError, match="bad.jsonl:1: not valid JSON"):
+    with pytest.raises(DataError, match="bad.jsonl:1: not valid JSON"):
         read_both_branches(tmp_path / "bad.jsonl")
 
 

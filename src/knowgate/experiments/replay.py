@@ -8,26 +8,12 @@ far more sensitive than an A/B test of the same size. The question is the unit: 
 Min's adjusted Wald interval and test for correctness and for the retrieve decision, the paired
 t-test and interval for wall time and score - each interval from the same procedure as its test.
 
-Cache schema (``both_branches.jsonl`` in the cache directory, one JSON object per question)::
-
-    {
-      "id": "popqa_random/4121",          # unique in the file
-      "dataset": "popqa_random",          # optional
-      "model_id": "smollm2-135m",         # optional; the model whose features these are
-      "closed_book_correct": false,        # JSON true/false
-      "closed_book_score": 0.0,            # optional: e.g. token F1; null if not scored
-      "retrieval_correct": true,
-      "retrieval_score": 1.0,              # optional
-      "closed_book_seconds": 0.142,        # wall time of a request answered closed-book
-      "retrieval_seconds": 0.388,          # wall time of a request that retrieves
-      "features": {"next_token_max_prob": 0.41, "hidden_hoyer_last": 0.27, ...}
-    }
-
-Both times are of the whole request as the router would serve it (gate prefill included), so
-a replayed policy's wall time per question is ``retrieval_seconds`` when it retrieves and
-``closed_book_seconds`` otherwise. ``features`` holds every signal the gate computed (``null``
-for a value that could not be computed); the replay adds ``oracle_correct`` (the closed-book
-label) so the oracle policy can be replayed as a ceiling.
+The cache is the benchmark's both-branch file (``both_branches.jsonl``; schema, reader and the
+outcome rule in :mod:`knowgate.evaluation.both_branches`): per question both results, the
+per-stage wall times and every feature a gate could read. A replayed policy's outcome is the
+one the benchmark computes: the retrieval answer where it retrieves, else the closed-book
+answer, with the LM calls and latency of the request's path through the router (a policy that
+reads no signal - always, never - is served without a gate prefill).
 """
 
 from __future__ import annotations
@@ -35,13 +21,20 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import Field, StrictBool, ValidationError
 
 from knowgate.errors import ExperimentError, PolicyError
+from knowgate.evaluation.both_branches import (
+    CACHE_FILE,
+    BothBranchRecord,
+    BranchOutcomes,
+    cache_path,
+    policy_outcome,
+    read_both_branches,
+    stage_of,
+)
 from knowgate.experiments.formatting import format_difference, interval_text, table
 from knowgate.experiments.statistics import (
     Difference,
@@ -53,76 +46,18 @@ from knowgate.experiments.statistics import (
     proportion,
 )
 from knowgate.experiments.verdict import verdict
-from knowgate.jsonio import iter_jsonl
-from knowgate.policy import ORACLE_FEATURE, Policy
-from knowgate.schema import StrictModel, validation_problems
+from knowgate.policy import Policy
 
-CACHE_FILE = "both_branches.jsonl"
-
-
-class BothBranchRecord(StrictModel):
-    """One question's cached results on both branches (see the module docstring)."""
-
-    id: str = Field(min_length=1)
-    dataset: str | None = None
-    model_id: str | None = None
-    closed_book_correct: StrictBool
-    closed_book_score: float | None = Field(default=None, allow_inf_nan=False)
-    retrieval_correct: StrictBool
-    retrieval_score: float | None = Field(default=None, allow_inf_nan=False)
-    closed_book_seconds: float = Field(ge=0.0, allow_inf_nan=False)
-    retrieval_seconds: float = Field(ge=0.0, allow_inf_nan=False)
-    features: dict[str, float | None] = Field(default_factory=dict)
-
-    def gate_features(self) -> dict[str, float]:
-        """The features a policy sees: computed values plus ``oracle_correct``."""
-        out = {k: v for k, v in self.features.items() if v is not None}
-        out.setdefault(ORACLE_FEATURE, float(self.closed_book_correct))
-        return out
-
-
-def cache_path(cache: str | Path) -> Path:
-    """The JSONL file of a cache directory (or the file itself when given)."""
-    path = Path(cache)
-    return path / CACHE_FILE if path.is_dir() else path
-
-
-def read_both_branches(cache: str | Path) -> list[BothBranchRecord]:
-    """Read and validate a both-branch cache.
-
-    Raises:
-        ExperimentError: missing or empty file, bad JSON, a row off the schema (with its line
-            number), duplicate ids, or rows of different models.
-    """
-    path = cache_path(cache)
-    if not path.is_file():
-        raise ExperimentError(
-            f"both-branch cache not found: {path} (the benchmark writes {CACHE_FILE} into its "
-            "cache directory)"
-        )
-    records: list[BothBranchRecord] = []
-    seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as fh:
-        for lineno, where, raw in iter_jsonl(fh, path, ExperimentError):
-            if not isinstance(raw, dict):
-                raise ExperimentError(f"{where}: expected a JSON object")
-            try:
-                record = BothBranchRecord.model_validate(raw)
-            except ValidationError as exc:
-                problems = "; ".join(validation_problems(exc, root="<row>"))
-                raise ExperimentError(f"{where}: {problems}") from exc
-            if record.id in seen:
-                raise ExperimentError(
-                    f"{where}: duplicate id {record.id!r} (first on line {seen[record.id]})"
-                )
-            seen[record.id] = lineno
-            records.append(record)
-    if not records:
-        raise ExperimentError(f"both-branch cache is empty: {path}")
-    models = {r.model_id for r in records if r.model_id is not None}
-    if len(models) > 1:
-        raise ExperimentError(f"{path} mixes rows of several models: {sorted(models)}")
-    return records
+__all__ = [
+    "CACHE_FILE",
+    "BothBranchRecord",
+    "PolicyOutcome",
+    "ReplayReport",
+    "cache_path",
+    "format_replay",
+    "read_both_branches",
+    "replay",
+]
 
 
 @dataclass(frozen=True)
@@ -222,6 +157,7 @@ def _run_policy(
     label: str,
     policy: Policy,
     records: Sequence[BothBranchRecord],
+    branches: BranchOutcomes,
     features: list[dict[str, float]],
     *,
     force: bool,
@@ -239,20 +175,16 @@ def _run_policy(
     except PolicyError as exc:
         raise PolicyError(f"policy {label} cannot be replayed on this cache: {exc}") from exc
     retrieve = np.array([d.retrieve for d in decisions], dtype=bool)
-    cb = np.array([r.closed_book_correct for r in records], dtype=bool)
-    rag = np.array([r.retrieval_correct for r in records], dtype=bool)
-    cb_t = np.array([r.closed_book_seconds for r in records], dtype=np.float64)
-    rag_t = np.array([r.retrieval_seconds for r in records], dtype=np.float64)
-    score = None
-    if all(r.closed_book_score is not None and r.retrieval_score is not None for r in records):
-        cb_s = np.array([r.closed_book_score for r in records], dtype=np.float64)
-        rag_s = np.array([r.retrieval_score for r in records], dtype=np.float64)
-        score = np.where(retrieve, rag_s, cb_s)
+    outcome = policy_outcome(branches, retrieve, stage=stage_of(policy.required_features))
+    scored = bool(
+        np.isfinite(branches.closed_book_score).all()
+        and np.isfinite(branches.retrieval_score).all()
+    )
     return _Replayed(
-        correct=np.where(retrieve, rag, cb),
+        correct=outcome.correct.astype(bool),
         retrieve=retrieve,
-        seconds=np.where(retrieve, rag_t, cb_t),
-        score=score,
+        seconds=outcome.seconds,
+        score=outcome.score if scored else None,
     )
 
 
@@ -287,8 +219,9 @@ def replay(
     if not 0 < alpha < 1 or not 0 < margin < 1:
         raise ExperimentError(f"alpha and margin must be in (0, 1), got {alpha}, {margin}")
     features = [r.gate_features() for r in records]
+    branches = BranchOutcomes.from_records(records)
     replayed = {
-        label: _run_policy(label, p, records, features, force=force)
+        label: _run_policy(label, p, records, branches, features, force=force)
         for label, p in policies.items()
     }
     outcomes = [
