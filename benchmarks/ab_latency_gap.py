@@ -19,7 +19,7 @@ import numpy as np
 
 from knowgate import KnowledgeBase, Router, RouterConfig
 from knowgate.evaluation.datasets import default_data_dir, load_dataset
-from knowgate.experiments import DecisionLog, Experiment
+from knowgate.experiments import DecisionLog, Experiment, ExperimentRouter
 from knowgate.models import LanguageModel
 from knowgate.policy import build_policy
 
@@ -45,7 +45,7 @@ def main() -> None:
     experiment = Experiment("gap", {"always": build_policy("always"), "gate": gate}, salt="gap")
     walls, logged = [], []
     with DecisionLog(Path(tempfile.mkdtemp()) / "gap.sqlite") as log:
-        router = Router(lm, build_policy("always"), kb, experiment=experiment, decision_log=log)
+        router = ExperimentRouter(Router(lm, build_policy("always"), kb), experiment, log)
         router.route(questions[0], unit_id="warm-up")
         for i, question in enumerate(questions[1 : args.requests + 1]):
             start = time.perf_counter()

@@ -38,6 +38,10 @@ def synthetic_row(
     a = experiment.assign(unit_id)
     arm = arm or a.arm
     retrieve = (arm == experiment.control) if retrieve is None else retrieve
+    # as the router counts: a policy that reads no signal is one LM call (plain RAG or the
+    # closed-book answer); a gate that retrieves spends its prefill and the answer, two calls
+    gated = bool(experiment.arms[arm].required_features)
+    lm_calls = 2 if (gated and retrieve) else 1
     return DecisionRow(
         request_id=request_id,
         experiment=experiment.name,
@@ -49,13 +53,13 @@ def synthetic_row(
         config_hash=experiment.config_hash,
         retrieve=retrieve,
         retrieved=retrieve,
-        lm_calls=2 if retrieve else 1,
+        lm_calls=lm_calls,
         retriever_calls=int(retrieve),
         latency_ms=latency_ms,
         features={"next_token_max_prob": 0.5},
         p_known=None,
         threshold=0.4,
-        calls={"lm": 2 if retrieve else 1, "retriever": int(retrieve)},
+        calls={"lm": lm_calls, "retriever": int(retrieve)},
         timings_ms={"prefill": latency_ms / 2, "total": latency_ms},
         query=f"question {request_id}?",
         answer=f"answer {request_id}",

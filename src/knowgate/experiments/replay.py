@@ -72,8 +72,8 @@ class PolicyOutcome:
         retrieval_rate: share sent to the retriever.
         wall_time_s: mean wall time per question.
         total_time_s: summed wall time.
-        lm_calls: mean LM calls per question, as the router counts them (see
-            :func:`lm_calls_per_question`).
+        lm_calls: mean LM calls per question, as the router counts them (one prompt through
+            the local model; see :func:`knowgate.evaluation.both_branches.policy_outcome`).
         score: mean score, when every row has both scores.
     """
 
@@ -131,25 +131,12 @@ class ReplayReport:
         return format_replay(self, width=width)
 
 
-def lm_calls_per_question(policy: Policy, retrieve: np.ndarray) -> np.ndarray:
-    """LM calls per question as the router (gate mode ``pre``) makes them.
-
-    One LM call is one prompt through the local model, its prefill and decode counted once. A
-    policy that reads no signal (always, never, random) decides before any forward pass, so
-    each question is one call: the closed-book answer or the answer with passages. A gate
-    prefills the question first (one call, whose decode is the closed-book answer) and, when it
-    retrieves, answers with the passages (a second call).
-    """
-    if not policy.required_features:
-        return np.ones(retrieve.shape, dtype=np.float64)
-    return 1.0 + retrieve.astype(np.float64)
-
-
 @dataclass(frozen=True)
 class _Replayed:
     correct: np.ndarray
     retrieve: np.ndarray
     seconds: np.ndarray
+    lm_calls: np.ndarray
     score: np.ndarray | None
 
 
@@ -184,6 +171,7 @@ def _run_policy(
         correct=outcome.correct.astype(bool),
         retrieve=retrieve,
         seconds=outcome.seconds,
+        lm_calls=outcome.lm_calls,
         score=outcome.score if scored else None,
     )
 
@@ -233,7 +221,7 @@ def replay(
             retrieval_rate=proportion(int(r.retrieve.sum()), len(records), alpha),
             wall_time_s=mean_interval(r.seconds, alpha),
             total_time_s=float(r.seconds.sum()),
-            lm_calls=float(lm_calls_per_question(policies[label], r.retrieve).mean()),
+            lm_calls=float(r.lm_calls.mean()),
             score=mean_interval(r.score, alpha) if r.score is not None else None,
         )
         for label, r in replayed.items()
