@@ -90,3 +90,27 @@ def test_experiment_router_logs_the_given_request_ids_and_refuses_thresholds(
         with pytest.raises(InputError, match="threshold override"):
             ab.route_batch(QUESTIONS[:2], thresholds=[None, 0.4])
         assert log.count() == 2
+
+
+def test_a_batch_mixing_signal_free_and_gated_policies_costs_what_each_costs_alone(
+    router, smollm, monkeypatch
+) -> None:
+    gate = router.policy
+    policies = [build_policy("always"), build_policy("never"), gate]
+    alone = [router.route(q, policy=p) for q, p in zip(QUESTIONS, policies, strict=True)]
+    prefilled: list[int] = []
+    original = smollm.prefill
+
+    def counting(prompts, **kwargs):
+        prefilled.append(len(prompts))
+        return original(prompts, **kwargs)
+
+    monkeypatch.setattr(smollm, "prefill", counting)
+    mixed = router.route_batch(QUESTIONS, policies=policies)
+    for b, a in zip(mixed, alone, strict=True):
+        assert (b.answer, b.decision.retrieve, b.calls) == (a.answer, a.decision.retrieve, a.calls)
+        assert set(b.features) == set(a.features)
+        assert set(b.timings_ms) == set(a.timings_ms)
+    # always-retrieve spends no gate prefill, in a batch as alone: never and the gate do
+    assert mixed[0].calls == {"lm": 1, "retriever": 1} and mixed[0].features == {}
+    assert prefilled[0] == 2

@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from prometheus_client.parser import text_string_to_metric_families
 
+from knowgate.experiments import DecisionLog, Experiment, ExperimentRouter
 from knowgate.integrations.serving import MAX_BATCH, ErrorResponse, ServingConfig, create_app
 from knowgate.policy import build_policy
 from knowgate.routing import Router
@@ -319,6 +320,34 @@ def test_empty_and_oversized_queries_are_refused_by_the_real_router(smollm) -> N
             assert error["code"] == "input_error" and words in error["message"]
         chat = c.post(CHAT, json={"model": "smollm2-135m", "messages": [user("y" * 5000)]})
         assert chat.status_code == 422 and "4000" in error_of(chat)["message"]
+
+
+def test_experiment_traffic_and_feedback_reach_the_log(smollm, tmp_path) -> None:
+    exp = Experiment("always-vs-never", {"a": build_policy("always"), "b": build_policy("never")})
+    with DecisionLog(tmp_path / "ab.sqlite") as log:
+        ab = ExperimentRouter(Router(smollm, build_policy("never")), exp, log)
+        with TestClient(create_app(ab)) as api:
+            health = api.get("/health").json()
+            assert health["experiment"] == "always-vs-never" and health["decision_log"] is True
+            assert health["arms"] == {"a": "always", "b": "never"} and health["policy"] is None
+            routed = api.post("/route", json={"query": Q, "unit_id": "user-7"}).json()
+            arm = exp.assign("user-7").arm
+            assert routed["extra"]["experiment"]["arm"] == arm
+            assert routed["decision"]["policy"] == exp.arms[arm].policy_id
+            assert routed["decision"]["retrieve"] is (arm == "a")
+            request_id = routed["request_id"]
+            assert log.request(request_id)["unit_id"] == "user-7"
+            ok = api.post("/feedback", json={"request_id": request_id, "correct": True})
+            assert ok.status_code == 200 and ok.json() == {"recorded": 1}
+            assert log.outcome_count() == 1
+            missing = api.post("/feedback", json={"request_id": "nope", "correct": False})
+            assert missing.status_code == 404 and "nope" in error_of(missing)["message"]
+            # A per-request threshold would change an arm's policy: refused, nothing logged.
+            refused = api.post("/route", json={"query": Q, "unit_id": "u", "threshold": 0.3})
+            assert refused.status_code == 422
+            assert error_of(refused)["code"] == "input_error"
+            assert "threshold" in error_of(refused)["message"]
+            assert log.count(exp.name) == 1
 
 
 # ----------------------------------------------------------------------------------- OpenAI

@@ -469,41 +469,44 @@ class Router:
         drafts: dict[int, Draft] = {}
         pre: Prefill | None = None
         # Policies that read no signal (always, never, random) decide before any forward pass:
-        # always-retrieve is plain RAG, with no gate prefill spent on it.
-        signal_free = self.mode == "pre" and not any(p.required_features for p in policies)
-        if signal_free:
+        # always-retrieve is plain RAG, with no gate prefill spent on it - also when it shares a
+        # batch with requests whose policies read signals (an experiment's arms, a server's
+        # micro-batch), so each request costs what it costs alone.
+        free = {i for i in rows if self.mode == "pre" and not policies[i].required_features}
+        gated = [i for i in rows if i not in free]
+        features: list[dict[str, float]] = [{} for _ in rows]
+        decisions: dict[int, Decision] = {}
+        if free:
             t = time.perf_counter()
-            features: list[dict[str, float]] = [{} for _ in rows]
-            decisions = [p.decide({}) for p in policies]
-            stages.add("policy", time.perf_counter() - t, rows)
-            prefill_rows = [i for i in rows if not decisions[i].retrieve]
-        else:
-            prefill_rows = rows
+            for i in sorted(free):
+                decisions[i] = policies[i].decide({})
+            stages.add("policy", time.perf_counter() - t, sorted(free))
+        prefill_rows = [i for i in rows if i not in free or not decisions[i].retrieve]
         pre_index = {row: j for j, row in enumerate(prefill_rows)}
         if prefill_rows:
             t = time.perf_counter()
             pre = self.model.prefill([self.model.format_prompt(queries[i]) for i in prefill_rows])
             stages.add("prefill", time.perf_counter() - t, prefill_rows)
 
-        if not signal_free:
+        if gated:
             assert pre is not None
             t = time.perf_counter()
-            features = [
-                self._features(q, c, m, p)
-                for q, c, m, p in zip(queries, pre.captures, metadata, policies, strict=True)
-            ]
-            stages.add("signals", time.perf_counter() - t, rows)
+            for i in gated:
+                capture = pre.captures[pre_index[i]]
+                features[i] = self._features(queries[i], capture, metadata[i], policies[i])
+            stages.add("signals", time.perf_counter() - t, gated)
 
-            if self.mode == "draft":
+            if self.mode == "draft":  # every row is gated and prefilled, in order
                 t = time.perf_counter()
-                for i, d in enumerate(self.model.decode(pre)):
+                for i, d in zip(gated, self.model.decode(pre), strict=True):
                     drafts[i] = d
-                    features[i].update(self._draft_features(pre.captures[i], d))
-                stages.add("decode", time.perf_counter() - t, rows)
+                    features[i].update(self._draft_features(pre.captures[pre_index[i]], d))
+                stages.add("decode", time.perf_counter() - t, gated)
 
             t = time.perf_counter()
-            decisions = [p.decide(f) for p, f in zip(policies, features, strict=True)]
-            stages.add("policy", time.perf_counter() - t, rows)
+            for i in gated:
+                decisions[i] = policies[i].decide(features[i])
+            stages.add("policy", time.perf_counter() - t, gated)
 
         wants = [i for i in rows if decisions[i].retrieve]
         passages: dict[int, list[PassageTrace]] = {}

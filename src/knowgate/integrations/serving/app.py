@@ -342,6 +342,11 @@ def create_app(
                     code = snake_case(type(exc).__name__)
                     yield _error_event(metrics, knowgate_status(exc), str(exc), code)
                     return
+                except Exception as exc:  # a bug: the stream still ends with an error event
+                    log.exception("request %s failed", request_id)
+                    message = f"internal server error ({type(exc).__name__})"
+                    yield _error_event(metrics, 500, message, "internal_error")
+                    return
                 knowgate = extension(
                     routed, job.serving(), notes, passage_text=options.passage_text
                 )
