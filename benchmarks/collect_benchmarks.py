@@ -28,6 +28,8 @@ SECTIONS = (
     ("policy.md", "Policy calibration (issue 4)"),
     ("ab.md", "A/B testing machinery (issue 7)"),
     ("serving.md", "Serving under load (issue 15)"),
+    ("faiss.md", "FAISS at scale (issue 17)"),
+    ("ray.md", "Scaling out on Ray (issue 17)"),
 )
 
 INTRO = """# Benchmarks

@@ -189,3 +189,49 @@ def test_serve_replicas_answer_http_and_batch_handle_calls(local_ray: Any) -> No
         deadline = time.monotonic() + 30
         while "knowgate" in serve.status().applications and time.monotonic() < deadline:
             time.sleep(0.2)
+
+
+def test_serve_cli_builds_the_deployment_from_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`knowgate serve --ray` wiring, without a cluster: what reaches Serve, then a clean stop."""
+    from contextlib import contextmanager
+
+    from ray import serve
+
+    import knowgate.integrations.ray as ray_pkg
+    import knowgate.integrations.ray.serving as ray_serving
+
+    calls: dict[str, Any] = {}
+
+    @contextmanager
+    def fake_runtime(runtime: Any) -> Iterator[Any]:
+        calls["address"] = runtime.address
+        yield ray
+
+    def fake_run(factory: Any, serving: Any, config: Any, *, host: str, port: int) -> None:
+        calls.update(factory=factory, serving=serving, config=config, host=host, port=port)
+
+    def stop(_: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ray_pkg, "ray_runtime", fake_runtime)
+    monkeypatch.setattr(ray_serving, "run", fake_run)
+    monkeypatch.setattr(serve, "shutdown", lambda: calls.setdefault("shutdown", True))
+    monkeypatch.setattr(time, "sleep", stop)
+    config = tmp_path / "serve.yaml"
+    config.write_text("autoscaling: {min_replicas: 1, max_replicas: 3}\nnum_cpus: 2\n")
+    args = ["serve", "--ray", "--model", "smollm2-135m", "--ray-config", str(config)]
+    result = CliRunner().invoke(app, [*args, "--port", "8123", "--max-batch", "4"])
+    assert result.exit_code == 0, result.output
+    assert calls["config"].autoscaling.max_replicas == 3 and calls["config"].num_cpus == 2
+    assert calls["config"].deployment_options()["autoscaling_config"]["max_replicas"] == 3
+    assert (calls["host"], calls["port"], calls["address"]) == ("127.0.0.1", 8123, None)
+    assert calls["serving"].max_batch_size == 4
+    assert calls["factory"].args[0].model.source == "smollm2-135m"  # built in each replica
+    assert calls["shutdown"] is True
+
+    replicas = CliRunner().invoke(app, [*args, "--replicas", "2"])
+    assert replicas.exit_code == 0, replicas.output
+    assert calls["config"].autoscaling is None
+    assert calls["config"].deployment_options()["num_replicas"] == 2
