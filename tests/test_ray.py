@@ -154,7 +154,7 @@ def test_serve_replicas_answer_http_and_batch_handle_calls(local_ray: Any) -> No
     try:
         status = serve.status().applications["knowgate"]
         assert status.status == "RUNNING"
-        replicas = status.deployments["KnowgateDeployment"].replica_states
+        replicas = status.deployments["knowgate"].replica_states
         assert replicas.get("RUNNING") == 2
 
         url = f"http://127.0.0.1:{port}"
