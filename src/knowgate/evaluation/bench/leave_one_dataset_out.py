@@ -31,8 +31,8 @@ from knowgate.evaluation.both_branches import GateStage
 from knowgate.evaluation.cross_fitting import fit_fold, logistic_learner
 from knowgate.evaluation.labelled import LabelledTable, family_stage
 from knowgate.evaluation.operating_rules import DEFAULT_RULE, RULES
-from knowgate.policy.fitting import make_splits
 from knowgate.policy.fused import FusedPolicy, LinearScorer
+from knowgate.policy.linear import make_splits
 
 RECIPE_NAME = "shipped recipe"
 
@@ -126,7 +126,7 @@ def fit_recipe(data: TrainingData, recipe: Recipe) -> RecipeFit:
         PolicyError: too few correct or wrong answers to fit.
     """
     inner = make_splits(data.y, data.groups, n_splits=recipe.folds, seed=recipe.seed)
-    model, calibrator, p_train = fit_fold(
+    fold = fit_fold(
         data.x,
         data.y,
         recipe.features,
@@ -134,9 +134,10 @@ def fit_recipe(data: TrainingData, recipe: Recipe) -> RecipeFit:
         calibration=recipe.calibration,
         learner=logistic_learner,
     )
-    threshold = float(RULES[recipe.rule](p_train, data.y, data.rag_correct))
-    assert isinstance(model, LinearScorer)
-    return RecipeFit(FusedPolicy(model, calibrator, threshold=min(1.0, threshold)), threshold)
+    threshold = float(RULES[recipe.rule](fold.p_train, data.y, data.rag_correct))
+    assert isinstance(fold.model, LinearScorer)
+    policy = FusedPolicy(fold.model, fold.calibrator, threshold=min(1.0, threshold))
+    return RecipeFit(policy, threshold)
 
 
 def _retrieve(fit: RecipeFit, x: NDArray[np.float64]) -> NDArray[np.bool_]:
