@@ -26,14 +26,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from knowgate.config import GateMode, RouterConfig, load_config
-from knowgate.errors import ConfigError, InputError, KnowledgeBaseError, PolicyError
+from knowgate.errors import ConfigError, InputError, KnowledgeBaseError, PolicyError, SignalError
 from knowgate.models import Draft, LanguageModel, Prefill
 from knowgate.policy import Decision, Policy, policy_from_spec
 from knowgate.routing.generator import AnswerGenerator, GenerationRequest
 from knowgate.routing.retrievers import PassageSource, as_passage_source
 from knowgate.routing.trace import DecisionTrace, GateResult, PassageTrace, RoutedAnswer
-from knowgate.signals import SignalConfig, compute_features, feature_specs
-from knowgate.signals.question import QUESTION_FEATURES, compute_question_features
+from knowgate.signals import (
+    SignalConfig,
+    compute_features,
+    compute_vectors,
+    draft_features,
+    feature_specs,
+)
 
 if TYPE_CHECKING:
     from knowgate.retrieval import KnowledgeBase
@@ -73,7 +78,8 @@ class Router:
             of the local model (a LangChain chat model or LLM:
             ``knowgate.integrations.langchain.LangChainGenerator``). The gate then measures the
             *local* model's familiarity with the query, as a proxy for the generator's.
-        signal_config: which signals to compute.
+        signal_config: which signals to compute for every request (default: the config's
+            ``signals`` section); the router also computes whatever a policy reads.
 
     Raises:
         ConfigError: an unusable retriever, generator or policy.
@@ -100,7 +106,8 @@ class Router:
                 f"knowgate.integrations.langchain.LangChainGenerator"
             )
         self.generator = generator
-        self.signal_config = signal_config or SignalConfig()
+        self.signal_config = signal_config or self.config.signals
+        self._covering: dict[str, SignalConfig] = {}
         self.source: PassageSource | None = (
             as_passage_source(retriever, self.config.retrieval.mode)
             if retriever is not None
@@ -166,15 +173,20 @@ class Router:
                 f"router runs {self.model.model_id!r}; its calibration does not transfer. Fit one "
                 f"with `knowgate calibrate --model {self.model.model_id}`, or set policy.force."
             )
-        specs = feature_specs(self.signal_config)
-        unknown = [
-            f for f in policy.required_features if f not in specs and f not in QUESTION_FEATURES
-        ]
-        if unknown:
+        signals = self.signals_for([policy])
+        recorded = policy.signal_config or {}
+        eps = recorded.get("near_zero_eps")
+        if (
+            isinstance(eps, int | float)
+            and float(eps) != signals.near_zero_eps
+            and any("near_zero_fraction" in f for f in policy.required_features)
+        ):
             raise ConfigError(
-                f"policy {policy.policy_id} needs {unknown}, which a live request does not have "
-                f"(evaluation-only policies such as oracle and popularity cannot route)"
+                f"policy {policy.policy_id} was fitted on mlp_near_zero_fraction with "
+                f"near_zero_eps {eps}, but the router computes it with "
+                f"{signals.near_zero_eps}; set signals.near_zero_eps to {eps}"
             )
+        specs = feature_specs(signals)
         needs_draft = [
             f for f in policy.required_features if f in specs and specs[f].stage == "draft"
         ]
@@ -184,6 +196,29 @@ class Router:
                 f"gate cannot see them. Use gate.mode: draft, or a policy fitted on prefill "
                 f"features."
             )
+
+    def signals_for(self, policies: Sequence[Policy]) -> SignalConfig:
+        """The router's signal configuration extended by what ``policies`` read.
+
+        Raises:
+            ConfigError: a policy reads something a live request does not have (an
+                evaluation-only feature, one that needs extra model calls, an unknown name).
+        """
+        key = "\n".join(sorted({p.policy_id for p in policies}))
+        if key not in self._covering:
+            config = self.signal_config
+            for policy in dict.fromkeys(policies):
+                names = [*policy.required_features, *policy.required_vectors]
+                try:
+                    config = config.covering(names)
+                except SignalError as exc:
+                    raise ConfigError(
+                        f"policy {policy.policy_id} needs features a live request does not "
+                        f"have: {exc} (evaluation-only policies such as oracle, popularity, "
+                        "sampling-consistency and self-routing cannot route)"
+                    ) from exc
+            self._covering[key] = config
+        return self._covering[key]
 
     @property
     def mode(self) -> GateMode:
@@ -327,14 +362,15 @@ class Router:
         if threshold is not None:
             policy = policy.with_threshold(threshold)
         start = time.perf_counter()
-        pre = self.model.prefill([self.model.format_prompt(query)])
-        features = self._features(query, pre.captures[0], metadata, policy)
+        signals = self.signals_for([policy])
+        pre = self._prefill([query], signals)
+        features = self._features(query, pre.captures[0], metadata, signals)
         if self.mode == "draft":
             draft = self.model.decode(pre)[0]
-            features.update(self._draft_features(pre.captures[0], draft))
+            features.update(draft_features(draft.stats))
         else:
             self.model.decode(pre, rows=[])  # release the KV cache
-        decision = policy.decide(features)
+        decision = policy.decide(self._inputs(features, pre.captures[0], signals))
         total = (time.perf_counter() - start) * 1000.0
         return GateResult(
             self._decision_trace(decision),
@@ -356,22 +392,29 @@ class Router:
     def _validate_queries(self, queries: Sequence[str]) -> None:
         self.config.limits.check_queries(queries)
 
+    def _prefill(self, queries: Sequence[str], signals: SignalConfig) -> Prefill:
+        """One prefill; the question's positions are located only when the signals need them."""
+        prompts = [self.model.format_prompt(q) for q in queries]
+        if signals.needs_question_text:
+            return self.model.prefill(prompts, questions=list(queries))
+        return self.model.prefill(prompts)
+
+    @staticmethod
     def _features(
-        self,
         query: str,
         capture: Any,
         metadata: Mapping[str, Any] | None,
-        policy: Policy,
+        signals: SignalConfig,
     ) -> dict[str, float]:
-        features = compute_features(capture, self.signal_config)
-        if any(f in QUESTION_FEATURES for f in policy.required_features):
-            features.update(compute_question_features(query, metadata))
-        return features
+        """The scalar features of one request (what its trace shows)."""
+        return compute_features(capture, signals, question_text=query, metadata=metadata)
 
-    def _draft_features(self, capture: Any, draft: Draft) -> dict[str, float]:
-        full = compute_features(capture.with_draft(draft.stats), self.signal_config)
-        specs = feature_specs(self.signal_config)
-        return {k: v for k, v in full.items() if specs[k].stage == "draft"}
+    @staticmethod
+    def _inputs(features: dict[str, float], capture: Any, signals: SignalConfig) -> dict[str, Any]:
+        """What the policy reads: the features plus vector signals (never in traces)."""
+        if not signals.vectors:
+            return features
+        return {**features, **compute_vectors(capture, signals.vectors)}
 
     def _decision_trace(self, decision: Decision) -> DecisionTrace:
         return DecisionTrace(
@@ -426,7 +469,10 @@ class Router:
         pre: Prefill | None = None
         # Policies that read no signal (always, never, random) decide before any forward pass:
         # always-retrieve is plain RAG, with no gate prefill spent on it.
-        signal_free = self.mode == "pre" and not any(p.required_features for p in policies)
+        signal_free = self.mode == "pre" and not any(
+            p.required_features or p.required_vectors for p in policies
+        )
+        signals = self.signal_config if signal_free else self.signals_for(policies)
         if signal_free:
             t = time.perf_counter()
             features: list[dict[str, float]] = [{} for _ in rows]
@@ -438,15 +484,18 @@ class Router:
         pre_index = {row: j for j, row in enumerate(prefill_rows)}
         if prefill_rows:
             t = time.perf_counter()
-            pre = self.model.prefill([self.model.format_prompt(queries[i]) for i in prefill_rows])
+            pre = self._prefill([queries[i] for i in prefill_rows], signals)
             stages.add("prefill", time.perf_counter() - t, prefill_rows)
 
         if not signal_free:
             assert pre is not None
             t = time.perf_counter()
             features = [
-                self._features(q, c, m, p)
-                for q, c, m, p in zip(queries, pre.captures, metadata, policies, strict=True)
+                self._features(q, c, m, signals)
+                for q, c, m in zip(queries, pre.captures, metadata, strict=True)
+            ]
+            inputs = [
+                self._inputs(f, c, signals) for f, c in zip(features, pre.captures, strict=True)
             ]
             stages.add("signals", time.perf_counter() - t, rows)
 
@@ -454,11 +503,13 @@ class Router:
                 t = time.perf_counter()
                 for i, d in enumerate(self.model.decode(pre)):
                     drafts[i] = d
-                    features[i].update(self._draft_features(pre.captures[i], d))
+                    added = draft_features(d.stats)
+                    features[i].update(added)
+                    inputs[i].update(added)
                 stages.add("decode", time.perf_counter() - t, rows)
 
             t = time.perf_counter()
-            decisions = [p.decide(f) for p, f in zip(policies, features, strict=True)]
+            decisions = [p.decide(f) for p, f in zip(policies, inputs, strict=True)]
             stages.add("policy", time.perf_counter() - t, rows)
 
         wants = [i for i in rows if decisions[i].retrieve]
