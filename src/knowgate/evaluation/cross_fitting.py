@@ -37,6 +37,7 @@ from numpy.typing import NDArray
 from scipy.special import expit
 
 from knowgate.errors import PolicyError
+from knowgate.evaluation.metrics import column_aurocs
 from knowgate.policy.calibration import Calibrator, fit_calibrator
 from knowgate.policy.linear import Splits, fit_scorer, make_splits
 from knowgate.policy.selection import Choice, Recipe, ScoreModel, as_recipe
@@ -51,6 +52,7 @@ __all__ = [
     "Splits",
     "cross_fit",
     "fit_fold",
+    "held_out_signed",
     "inner_splits",
     "logistic_learner",
     "outer_splits",
@@ -266,3 +268,32 @@ def cross_fit(
             )
         )
     return CrossFit(score, p_known, fold_of, tuple(folds))
+
+
+def held_out_signed(
+    x: NDArray[Any],
+    y: NDArray[np.int64],
+    splits: Splits,
+    *,
+    rows: NDArray[np.bool_] | None = None,
+) -> NDArray[np.float64]:
+    """Raw signals turned into held-out scores: each fold's direction from its training rows.
+
+    The cross-fit of a one-signal threshold (the direction is all there is to fit): for every
+    column of ``x``, each outer fold chooses the sign (higher or lower = known) by AUROC on its
+    training rows and applies it to its held-out rows.
+
+    Returns:
+        ``x`` (``[n, k]``, or ``[n]``) with each held-out row signed by its fold's directions;
+        NaN outside ``rows``.
+    """
+    flat = np.asarray(x, dtype=np.float64)
+    one = flat.ndim == 1
+    flat = flat[:, None] if one else flat
+    where = np.ones(y.size, dtype=bool) if rows is None else np.asarray(rows, dtype=bool)
+    out = np.full(flat.shape, np.nan)
+    for train_all, test_all in splits:
+        train, test = train_all[where[train_all]], test_all[where[test_all]]
+        direction = np.where(column_aurocs(y[train], flat[train]) < 0.5, -1.0, 1.0)
+        out[test] = flat[test] * direction
+    return out[:, 0] if one else out

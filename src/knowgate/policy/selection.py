@@ -434,7 +434,7 @@ class StackedProbe:
         """Fit the probe, then choose and fit the combiner on its out-of-fold logits."""
         sites = [n for n in names if is_vector_signal(n)]
         scalars = [n for n in names if not is_vector_signal(n)]
-        if not sites or names[: len(sites)] != sites:
+        if not sites or list(names[: len(sites)]) != sites:
             raise PolicyError("a stacked probe needs its vector signals first, then scalars")
         width = x.shape[1] - len(scalars)
         probed = self.probe.fit(x[:, :width], y, sites, inner)

@@ -25,7 +25,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from knowgate.evaluation.cross_fitting import CrossFit, Splits, cross_fit, outer_splits
+from knowgate.evaluation.cross_fitting import (
+    CrossFit,
+    Splits,
+    cross_fit,
+    held_out_signed,
+    outer_splits,
+)
 from knowgate.evaluation.labelled import LabelledTable, family_stage, standard_feature_sets
 from knowgate.evaluation.metrics import (
     POPULARITY_BUCKETS,
@@ -253,18 +259,6 @@ def _bucket_rows(table: LabelledTable) -> dict[str, NDArray[np.bool_]]:
     return {name: buckets == name for name, _, _ in POPULARITY_BUCKETS if (buckets == name).any()}
 
 
-def _held_out_direction(
-    x: NDArray[np.float64], y: NDArray[np.int64], rows: NDArray[np.bool_], splits: Splits
-) -> NDArray[np.float64]:
-    """The feature signed by each fold's direction, chosen on that fold's training rows."""
-    score = np.full(x.size, np.nan)
-    for train, test in splits:
-        train, test = train[rows[train]], test[rows[test]]
-        _, direction = auroc_with_direction(y[train], x[train])
-        score[test] = x[test] if direction == "higher_is_known" else -x[test]
-    return score
-
-
 def _within_relation(table: LabelledTable, score: NDArray[np.float64]) -> float | None:
     rel = (table.relations != "") & np.isfinite(score)
     if not rel.any():
@@ -282,7 +276,7 @@ def _single(
 ) -> tuple[SingleFeatureResult, NDArray[np.float64]]:
     y = table.y
     in_sample, direction = auroc_with_direction(y[rows], x[rows])
-    held = _held_out_direction(np.where(rows, x, 0.0), y, rows, splits)
+    held = held_out_signed(np.where(rows, x, 0.0), y, splits, rows=rows)
     result = SingleFeatureResult(
         family=family,
         stage=stage,
