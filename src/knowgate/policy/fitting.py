@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from knowgate.errors import PolicyError
+from knowgate.errors import PolicyError, SignalError
 from knowgate.policy.base import Policy
 from knowgate.policy.calibration import fit_calibrator
 from knowgate.policy.fused import FusedPolicy
@@ -32,7 +32,7 @@ from knowgate.policy.operating_points import (
 )
 from knowgate.policy.selection import Choice, Logistic, Recipe, as_policy
 from knowgate.schema import StrictModel
-from knowgate.signals import is_vector_signal
+from knowgate.signals import SignalConfig, is_vector_signal
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,10 @@ def fit_policy(
         holdout_fraction: share of rows held out for a target-accuracy threshold.
         model_id: the model the features came from (recorded; checked on load).
         prompt_config: the closed-book prompt configuration (recorded).
-        signal_config: the signal configuration the features were computed with (recorded).
+        signal_config: the signal configuration the features were computed with (recorded);
+            default: the router's default extended by what the fitted policy reads (positions,
+            per-layer features, question-only features, vector signals), when a router can
+            compute them.
         training: extra facts to record in the artifact (datasets, held-out metrics).
 
     Raises:
@@ -172,6 +175,12 @@ def fit_policy(
         if isinstance(signal_config, StrictModel)
         else (dict(signal_config) if signal_config is not None else None)
     )
+    reads = getattr(fitted.model, "reads", None)
+    if signals is None and callable(reads):
+        try:
+            signals = SignalConfig().covering(reads()).model_dump(mode="json")
+        except SignalError:  # an evaluation-only input (page views, sampled answers)
+            signals = None
     policy = as_policy(
         fitted.model,
         calibrator,

@@ -127,6 +127,10 @@ class ColumnScorer:
         """Logits of the rows of the full matrix ``x``."""
         return self.scorer.logits(np.asarray(x[:, list(self.columns)], dtype=np.float64))
 
+    def reads(self) -> tuple[str, ...]:
+        """The signals a policy built from it reads."""
+        return self.scorer.feature_names
+
     def as_policy(self, calibrator: Calibrator, **records: Any) -> Policy:
         """The fitted model as a shippable fused policy."""
         return FusedPolicy(self.scorer, calibrator, **records)
@@ -143,6 +147,10 @@ class ProbeScorer:
     def logits(self, x: NDArray[Any]) -> NDArray[np.float64]:
         """Logits of the rows of the full matrix ``x``."""
         return self.probe.logits(np.asarray(x[:, self.start : self.stop], dtype=np.float64))
+
+    def reads(self) -> tuple[str, ...]:
+        """The signals a policy built from it reads."""
+        return (self.probe.vector,)
 
     def as_policy(self, calibrator: Calibrator, **records: Any) -> Policy:
         """The fitted probe as a shippable policy."""
@@ -163,6 +171,13 @@ class StackedScorer:
             [self.probe.logits(x), np.asarray(x[:, self.scalar_start :], dtype=np.float64)]
         )
         return self.combiner.logits(z)
+
+    def reads(self) -> tuple[str, ...]:
+        """The signals a policy built from it reads."""
+        names = [n for n in self.combiner.scorer.feature_names if n != PROBE_LOGIT]
+        if PROBE_LOGIT in self.combiner.scorer.feature_names:
+            names.append(self.probe.probe.vector)
+        return tuple(names)
 
     def as_policy(self, calibrator: Calibrator, **records: Any) -> Policy:
         """A probe policy with its combiner (a fused policy when the probe was not chosen)."""
