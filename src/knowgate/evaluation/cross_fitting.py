@@ -228,8 +228,12 @@ def cross_fit(
     where = np.ones(n, dtype=bool) if rows is None else np.asarray(rows, dtype=bool)
     if x.shape[0] != n or where.shape != (n,):
         raise PolicyError(f"{x.shape[0]} feature rows, {n} labels, {where.size} row flags")
-    if not np.all(np.isfinite(x[where])):
-        bad = [nm for j, nm in enumerate(names) if not np.all(np.isfinite(x[where, j]))]
+    finite_rows = np.isfinite(x).all(axis=1)  # no copy of x (hidden states are large)
+    if not finite_rows[where].all():
+        if x.shape[1] == len(names):
+            bad = [nm for j, nm in enumerate(names) if not np.all(np.isfinite(x[where, j]))]
+        else:
+            bad = list(names)
         raise PolicyError(f"feature(s) {bad} have NaN or inf values")
     use_shared = shared_inner is not None and bool(where.all())
     score = np.full(n, np.nan)
