@@ -26,15 +26,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from knowgate.config import GateMode, RouterConfig, load_config
-from knowgate.errors import ConfigError, InputError, KnowledgeBaseError, PolicyError
+from knowgate.errors import ConfigError, InputError, KnowledgeBaseError, PolicyError, SignalError
 from knowgate.models import AnswerStream, Draft, LanguageModel, Prefill, TokenCallback
 from knowgate.policy import Decision, Policy, policy_from_spec
 from knowgate.routing.generator import AnswerGenerator, GenerationRequest
 from knowgate.routing.protocol import TextSink
 from knowgate.routing.retrievers import PassageSource, as_passage_source
 from knowgate.routing.trace import DecisionTrace, GateResult, PassageTrace, RoutedAnswer
-from knowgate.signals import SignalConfig, compute_features, feature_specs
-from knowgate.signals.question import QUESTION_FEATURES, compute_question_features
+from knowgate.signals import (
+    SignalConfig,
+    compute_features,
+    compute_vectors,
+    draft_features,
+    feature_specs,
+)
 
 if TYPE_CHECKING:
     from knowgate.retrieval import KnowledgeBase
@@ -74,7 +79,8 @@ class Router:
             of the local model (a LangChain chat model or LLM:
             ``knowgate.integrations.langchain.LangChainGenerator``). The gate then measures the
             *local* model's familiarity with the query, as a proxy for the generator's.
-        signal_config: which signals to compute.
+        signal_config: which signals to compute for every request (default: the config's
+            ``signals`` section); the router also computes whatever a policy reads.
 
     Raises:
         ConfigError: an unusable retriever, generator or policy.
@@ -101,7 +107,8 @@ class Router:
                 f"knowgate.integrations.langchain.LangChainGenerator"
             )
         self.generator = generator
-        self.signal_config = signal_config or SignalConfig()
+        self.signal_config = signal_config or self.config.signals
+        self._covering: dict[str, SignalConfig] = {}
         self.source: PassageSource | None = (
             as_passage_source(retriever, self.config.retrieval.mode)
             if retriever is not None
@@ -167,15 +174,20 @@ class Router:
                 f"router runs {self.model.model_id!r}; its calibration does not transfer. Fit one "
                 f"with `knowgate calibrate --model {self.model.model_id}`, or set policy.force."
             )
-        specs = feature_specs(self.signal_config)
-        unknown = [
-            f for f in policy.required_features if f not in specs and f not in QUESTION_FEATURES
-        ]
-        if unknown:
+        signals = self.signals_for([policy])
+        recorded = policy.signal_config or {}
+        eps = recorded.get("near_zero_eps")
+        if (
+            isinstance(eps, int | float)
+            and float(eps) != signals.near_zero_eps
+            and any("near_zero_fraction" in f for f in policy.required_features)
+        ):
             raise ConfigError(
-                f"policy {policy.policy_id} needs {unknown}, which a live request does not have "
-                f"(evaluation-only policies such as oracle and popularity cannot route)"
+                f"policy {policy.policy_id} was fitted on mlp_near_zero_fraction with "
+                f"near_zero_eps {eps}, but the router computes it with "
+                f"{signals.near_zero_eps}; set signals.near_zero_eps to {eps}"
             )
+        specs = feature_specs(signals)
         needs_draft = [
             f for f in policy.required_features if f in specs and specs[f].stage == "draft"
         ]
@@ -185,6 +197,29 @@ class Router:
                 f"gate cannot see them. Use gate.mode: draft, or a policy fitted on prefill "
                 f"features."
             )
+
+    def signals_for(self, policies: Sequence[Policy]) -> SignalConfig:
+        """The router's signal configuration extended by what ``policies`` read.
+
+        Raises:
+            ConfigError: a policy reads something a live request does not have (an
+                evaluation-only feature, one that needs extra model calls, an unknown name).
+        """
+        key = "\n".join(sorted({p.policy_id for p in policies}))
+        if key not in self._covering:
+            config = self.signal_config
+            for policy in dict.fromkeys(policies):
+                names = [*policy.required_features, *policy.required_vectors]
+                try:
+                    config = config.covering(names)
+                except SignalError as exc:
+                    raise ConfigError(
+                        f"policy {policy.policy_id} needs features a live request does not "
+                        f"have: {exc} (evaluation-only policies such as oracle, popularity, "
+                        "sampling-consistency and self-routing cannot route)"
+                    ) from exc
+            self._covering[key] = config
+        return self._covering[key]
 
     @property
     def mode(self) -> GateMode:
@@ -351,14 +386,15 @@ class Router:
         if threshold is not None:
             policy = policy.with_threshold(threshold)
         start = time.perf_counter()
-        pre = self.model.prefill([self.model.format_prompt(query)])
-        features = self._features(query, pre.captures[0], metadata, policy)
+        signals = self.signals_for([policy])
+        pre = self._prefill([query], signals)
+        features = self._features(query, pre.captures[0], metadata, signals)
         if self.mode == "draft":
             draft = self.model.decode(pre)[0]
-            features.update(self._draft_features(pre.captures[0], draft))
+            features.update(draft_features(draft.stats))
         else:
             self.model.decode(pre, rows=[])  # release the KV cache
-        decision = policy.decide(features)
+        decision = policy.decide(self._inputs(features, pre.captures[0], signals))
         total = (time.perf_counter() - start) * 1000.0
         return GateResult(
             self._decision_trace(decision),
@@ -380,22 +416,29 @@ class Router:
     def _validate_queries(self, queries: Sequence[str]) -> None:
         self.config.limits.check_queries(queries)
 
+    def _prefill(self, queries: Sequence[str], signals: SignalConfig) -> Prefill:
+        """One prefill; the question's positions are located only when the signals need them."""
+        prompts = [self.model.format_prompt(q) for q in queries]
+        if signals.needs_question_text:
+            return self.model.prefill(prompts, questions=list(queries))
+        return self.model.prefill(prompts)
+
+    @staticmethod
     def _features(
-        self,
         query: str,
         capture: Any,
         metadata: Mapping[str, Any] | None,
-        policy: Policy,
+        signals: SignalConfig,
     ) -> dict[str, float]:
-        features = compute_features(capture, self.signal_config)
-        if any(f in QUESTION_FEATURES for f in policy.required_features):
-            features.update(compute_question_features(query, metadata))
-        return features
+        """The scalar features of one request (what its trace shows)."""
+        return compute_features(capture, signals, question_text=query, metadata=metadata)
 
-    def _draft_features(self, capture: Any, draft: Draft) -> dict[str, float]:
-        full = compute_features(capture.with_draft(draft.stats), self.signal_config)
-        specs = feature_specs(self.signal_config)
-        return {k: v for k, v in full.items() if specs[k].stage == "draft"}
+    @staticmethod
+    def _inputs(features: dict[str, float], capture: Any, signals: SignalConfig) -> dict[str, Any]:
+        """What the policy reads: the features plus vector signals (never in traces)."""
+        if not signals.vectors:
+            return features
+        return {**features, **compute_vectors(capture, signals.vectors)}
 
     def _decision_trace(self, decision: Decision) -> DecisionTrace:
         return DecisionTrace(
@@ -472,9 +515,16 @@ class Router:
         # always-retrieve is plain RAG, with no gate prefill spent on it - also when it shares a
         # batch with requests whose policies read signals (an experiment's arms, a server's
         # micro-batch), so each request costs what it costs alone.
-        free = {i for i in rows if self.mode == "pre" and not policies[i].required_features}
+        free = {
+            i
+            for i in rows
+            if self.mode == "pre"
+            and not (policies[i].required_features or policies[i].required_vectors)
+        }
         gated = [i for i in rows if i not in free]
+        signals = self.signals_for([policies[i] for i in gated]) if gated else self.signal_config
         features: list[dict[str, float]] = [{} for _ in rows]
+        inputs: list[dict[str, Any]] = [{} for _ in rows]
         decisions: dict[int, Decision] = {}
         if free:
             t = time.perf_counter()
@@ -485,7 +535,7 @@ class Router:
         pre_index = {row: j for j, row in enumerate(prefill_rows)}
         if prefill_rows:
             t = time.perf_counter()
-            pre = self.model.prefill([self.model.format_prompt(queries[i]) for i in prefill_rows])
+            pre = self._prefill([queries[i] for i in prefill_rows], signals)
             stages.add("prefill", time.perf_counter() - t, prefill_rows)
 
         if gated:
@@ -493,19 +543,22 @@ class Router:
             t = time.perf_counter()
             for i in gated:
                 capture = pre.captures[pre_index[i]]
-                features[i] = self._features(queries[i], capture, metadata[i], policies[i])
+                features[i] = self._features(queries[i], capture, metadata[i], signals)
+                inputs[i] = self._inputs(features[i], capture, signals)
             stages.add("signals", time.perf_counter() - t, gated)
 
             if self.mode == "draft":  # every row is gated and prefilled, in order
                 t = time.perf_counter()
                 for i, d in zip(gated, self.model.decode(pre), strict=True):
                     drafts[i] = d
-                    features[i].update(self._draft_features(pre.captures[pre_index[i]], d))
+                    added = draft_features(d.stats)
+                    features[i].update(added)
+                    inputs[i].update(added)
                 stages.add("decode", time.perf_counter() - t, gated)
 
             t = time.perf_counter()
             for i in gated:
-                decisions[i] = policies[i].decide(features[i])
+                decisions[i] = policies[i].decide(inputs[i])
             stages.add("policy", time.perf_counter() - t, gated)
 
         wants = [i for i in rows if decisions[i].retrieve]
