@@ -14,7 +14,7 @@ from rich.console import Console
 from knowgate.errors import KnowgateError
 
 if TYPE_CHECKING:
-    from knowgate.models import LanguageModel
+    from knowgate.models import LanguageModel, RemoteModel
 
 console = Console(stderr=True)
 T = TypeVar("T")
@@ -41,10 +41,18 @@ def with_status(message: str, fn: Callable[[], T]) -> T:
         return fn()
 
 
-def load_language_model(source: str) -> LanguageModel:
-    """Load a model, showing a spinner (the first load of a GGUF model dequantizes it)."""
-    from knowgate.models import LanguageModel
+def load_language_model(source: str) -> LanguageModel | RemoteModel:
+    """Load a model, showing a spinner (the first load of a GGUF model dequantizes it).
 
+    A source ``openai:<base_url>#<model>`` gives a served model (nothing is loaded; its
+    server is asked for its ``/models`` entry, so a wrong URL or name fails here).
+    """
+    from knowgate.models import LanguageModel, RemoteModel, is_remote
+
+    if is_remote(source):
+        remote = RemoteModel.load(source)
+        with_status(f"contacting {source}...", remote.identity)
+        return remote
     return with_status(
         f"loading {source} (first load dequantizes and caches it)...",
         lambda: LanguageModel.load(source),

@@ -70,6 +70,7 @@ from knowgate.evaluation.datasets import QADataset
 from knowgate.evaluation.operating_rules import DEFAULT_RULE, RULES, fit_break_even
 from knowgate.evaluation.reporting import Interval
 from knowgate.evaluation.sampling import ids_digest
+from knowgate.models.remote import RemoteModel
 
 if TYPE_CHECKING:
     from knowgate.models import LanguageModel
@@ -114,7 +115,7 @@ class BenchmarkResult:
 
 
 def run_branches(
-    lm: LanguageModel,
+    lm: LanguageModel | RemoteModel,
     datasets: Sequence[QADataset],
     knowledge_base: Any,
     *,
@@ -138,7 +139,9 @@ def run_branches(
         retrieval_cache: retrieval-branch cache root.
         batch_size: prompts per forward pass.
         timing_sample: questions per dataset whose closed-book stages are re-timed now (0 = keep
-            the cached times as they are, and count no signal time).
+            the cached times as they are, and count no signal time). A served model is not
+            re-timed: its cached draft times are used as they are (its server, not this
+            machine, sets them).
         progress: progress bars.
 
     Returns:
@@ -162,7 +165,7 @@ def run_branches(
             retrieval.run(ds, cache_dir=retrieval_cache, batch_size=batch_size, progress=progress)
         )
         seconds[f"retrieval/{ds.name}"] = round(time.perf_counter() - start, 1)
-        if timing_sample:
+        if timing_sample and not isinstance(lm, RemoteModel):
             timings[ds.name] = time_closed_book_stages(
                 lm, records, sample=timing_sample, batch_size=batch_size
             )
