@@ -8,16 +8,20 @@ import typer
 from rich.table import Table
 
 from knowgate.cli.app import app
-from knowgate.cli.common import console, load_language_model, print_json, user_errors
+from knowgate.cli.common import (
+    MODEL_HELP,
+    console,
+    load_language_model,
+    print_json,
+    user_errors,
+)
 from knowgate.models.config import DEFAULT_MODEL
 
 
 @app.command()
 def signals(
     question: str = typer.Argument(..., help="The question to run closed-book."),
-    model: str = typer.Option(
-        DEFAULT_MODEL, "--model", "-m", help="Packaged name, hub id, local dir or .gguf file."
-    ),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help=MODEL_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     max_new_tokens: int = typer.Option(16, help="Token limit of the draft answer."),
 ) -> None:

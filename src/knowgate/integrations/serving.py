@@ -35,6 +35,8 @@ from knowgate.errors import (
     KnowgateError,
     MissingPackageError,
     PolicyError,
+    RemoteResponseError,
+    RemoteUnavailableError,
 )
 from knowgate.experiments import DecisionLog, ExperimentRouter, Outcome
 from knowgate.routing import QueryRouter
@@ -80,6 +82,10 @@ class FeedbackRequest(_Body):
 def _status(exc: KnowgateError) -> int:
     if isinstance(exc, ExperimentError):
         return 409
+    if isinstance(exc, RemoteUnavailableError):  # the served model behind the router is down
+        return 503
+    if isinstance(exc, RemoteResponseError):  # it answered unusably
+        return 502
     if isinstance(exc, InputError | PolicyError | ValueError):
         return 422
     return 500
