@@ -218,3 +218,20 @@ def test_from_config_builds_a_served_router() -> None:
     )
     router = Router.from_config(config, model=model, retriever=Retriever())
     assert router.mode == "draft" and router.route(KNOWN).answer == "Paris"
+
+
+def test_http_app_answers_an_unavailable_server_with_503() -> None:
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from knowgate.integrations.serving import create_app
+
+    down = FakeServer(default=httpx.Response(503, text="overloaded"))
+    app = create_app(Router(down.model(max_retries=0), min_prob_policy(0.5), Retriever()))
+    response = TestClient(app).post("/route", json={"query": KNOWN})
+    assert response.status_code == 503
+    assert response.json()["type"] == "RemoteUnavailableError"
+    garbled = FakeServer(default=completion("Paris", None))
+    app = create_app(Router(garbled.model(), min_prob_policy(0.5), Retriever()))
+    response = TestClient(app).post("/route", json={"query": KNOWN})
+    assert response.status_code == 502 and "no logprobs" in response.json()["error"]
