@@ -27,6 +27,7 @@ SECTIONS = (
     ("retrieval.md", "Knowledge-base recall and latency (issue 3)"),
     ("policy.md", "Policy calibration (issue 4)"),
     ("ab.md", "A/B testing machinery (issue 7)"),
+    ("remote.md", "Served models: remote gating against local gating (issue 18)"),
 )
 
 INTRO = """# Benchmarks
