@@ -39,6 +39,9 @@ def local_ray() -> Iterator[Any]:
     env = {
         "PYTHONPATH": os.pathsep.join(p for p in paths if p),
         "RAY_USAGE_STATS_ENABLED": "0",
+        # Ray starts its workers at niceness 15; on a shared machine they would then wait
+        # minutes for a core behind every other job. Keep them at the test's own priority.
+        "RAY_worker_niceness": "0",
         # A busy machine (shared CI runners) can take longer than Serve's 5 s default to
         # import the proxy; a proxy declared dead and restarted only makes it slower.
         "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "120",
