@@ -111,8 +111,9 @@ class KnowgateDeployment:
         self.serving = ServingConfig.model_validate(serving)
         config = RayServeConfig.model_validate(ray_config)
         # One replica per process, so setting the batch queue's limits here is per replica.
-        self._route_batched.set_max_batch_size(config.handle_batch_size)
-        self._route_batched.set_batch_wait_timeout_s(config.handle_batch_wait_s)
+        batched: Any = self._route_batched  # @serve.batch adds the setters
+        batched.set_max_batch_size(config.handle_batch_size)
+        batched.set_batch_wait_timeout_s(config.handle_batch_wait_s)
         self.replica = uuid.uuid4().hex[:8]
         log.info("knowgate replica %s ready (%s)", self.replica, self.router.describe())
 
@@ -161,7 +162,8 @@ def build_app(
     """
     serving = serving or ServingConfig()
     config = config or RayServeConfig()
-    deployment = serve.deployment(serve.ingress()(KnowgateDeployment)).options(
+    make_deployment: Any = serve.deployment  # its overloads do not model a class argument
+    deployment = make_deployment(serve.ingress()(KnowgateDeployment)).options(
         **config.deployment_options()
     )
     return deployment.bind(
