@@ -225,3 +225,43 @@ def test_closed_book_rows_of_a_fake_run_keep_their_layers(tmp_path, dataset) -> 
     assert [r.id for r in records] == ["q1", "q2"]
     header, _, _ = read_cache(closed_book_cache_path(KeyLM(), dataset, tmp_path))
     assert header["layers"] == list(range(N_LAYERS))
+
+
+def test_knowledge_base_fingerprint_of_a_flat_base_ignores_the_unset_ivf_pq_fields(
+    tmp_path,
+) -> None:
+    # The retrieval caches of long runs are keyed by this fingerprint: fields added to the
+    # manifest's index record later (IVF-PQ's) must leave the fingerprint of an older base as it
+    # was - the SHA-256 of its manifest without timestamps, with the index fields it had then.
+    from knowgate.evaluation.branches.retrieval import knowledge_base_fingerprint
+
+    manifest = {
+        "format": "knowgate-knowledge-base",
+        "format_version": 1,
+        "knowgate_version": "0.1.0",
+        "created_at": "2026-12-01T00:00:00Z",
+        "updated_at": "2026-12-01T00:00:00Z",
+        "embedding_model_id": "sentence-transformers/all-MiniLM-L6-v2",
+        "dimension": 384,
+        "normalized": True,
+        "index": {"type": "flat", "metric": "inner_product"},
+        "document_count": 3,
+        "config": {"chunk_size": 200},
+        "files": {"index.faiss": {"bytes": 10, "sha256": "cd" * 32}},
+    }
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    before = {
+        k: v
+        for k, v in manifest.items()
+        if k not in ("created_at", "updated_at", "knowgate_version")
+    }
+    before["index"] = {
+        "type": "flat",
+        "metric": "inner_product",
+        "hnsw_m": None,
+        "hnsw_ef_construction": None,
+    }
+    expected = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()
+    fingerprint = knowledge_base_fingerprint(tmp_path)
+    assert fingerprint["sha256"] == expected
+    assert fingerprint["documents"] == 3

@@ -86,6 +86,9 @@ class RetrievalRecord:
         return self.score.in_accuracy
 
 
+IVF_PQ_FIELDS = ("ivf_nlist", "pq_m", "pq_nbits")
+
+
 def knowledge_base_fingerprint(directory: Path) -> dict[str, Any]:
     """What identifies a saved knowledge base: its manifest minus the timestamps.
 
@@ -97,6 +100,11 @@ def knowledge_base_fingerprint(directory: Path) -> dict[str, Any]:
     manifest = read_manifest(Path(directory)).model_dump(mode="json")
     for stamp in ("created_at", "updated_at", "knowgate_version"):
         manifest.pop(stamp, None)
+    index = manifest.get("index")
+    if isinstance(index, dict):  # IVF-PQ fields, added later: unset, older keys stay as they were
+        for added in IVF_PQ_FIELDS:
+            if index.get(added) is None:
+                index.pop(added, None)
     digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
     return {
         "manifest": MANIFEST_NAME,
