@@ -438,7 +438,11 @@ class Router:
         pre_index = {row: j for j, row in enumerate(prefill_rows)}
         if prefill_rows:
             t = time.perf_counter()
-            pre = self.model.prefill([self.model.format_prompt(queries[i]) for i in prefill_rows])
+            prompts = self.model.format_prompts([queries[i] for i in prefill_rows])
+            if self.model.demonstrations is not None:  # chosen per question: its own stage
+                stages.add("demonstrations", time.perf_counter() - t, prefill_rows)
+                t = time.perf_counter()
+            pre = self.model.prefill(prompts)
             stages.add("prefill", time.perf_counter() - t, prefill_rows)
 
         if not signal_free:
@@ -519,6 +523,12 @@ class Router:
             for i in closed:
                 answers[i] = drafts[i].text
             rag = sorted(passages)
+            selector = self.model.demonstrations
+            missing_shots = [i for i in rag if i not in pre_index]
+            if selector is not None and missing_shots:  # choose them in one batch
+                selector.select([queries[i] for i in missing_shots])
+                stages.add("demonstrations", time.perf_counter() - t, missing_shots)
+                t = time.perf_counter()
             if rag:
                 fitted = [self._fit_passages(queries[i], passages[i]) for i in rag]
                 outs = self.model.run([p for p, _ in fitted])
