@@ -189,3 +189,18 @@ def test_the_router_answers_with_chosen_demonstrations(tiny, pool_file, tmp_path
     routed = router.route_batch(["Who wrote Macbeth?", "What is the capital of Bolivia?"])
     assert all(r.calls["lm"] == 1 for r in routed)
     assert all("demonstrations" in r.timings_ms and "prefill" in r.timings_ms for r in routed)
+
+
+def test_bench_reads_the_model_section_of_a_config(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from knowgate.cli import app
+
+    config = tmp_path / "router.yaml"
+    config.write_text(
+        "model:\n  source: gemma3-270m\n  prompt:\n    demonstrations:\n      strategy: sgicl\n"
+    )
+    args = ["bench", "--config", str(config), "--data", "x", "--kb", "kb", "--out", "out"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code != 0
+    assert "needs a pool" in result.output

@@ -14,7 +14,7 @@ from rich.console import Console
 from knowgate.errors import KnowgateError
 
 if TYPE_CHECKING:
-    from knowgate.models import LanguageModel
+    from knowgate.models import LanguageModel, ModelConfig
 
 console = Console(stderr=True)
 T = TypeVar("T")
@@ -41,12 +41,13 @@ def with_status(message: str, fn: Callable[[], T]) -> T:
         return fn()
 
 
-def load_language_model(source: str) -> LanguageModel:
+def load_language_model(source: str | ModelConfig) -> LanguageModel:
     """Load a model, showing a spinner (the first load of a GGUF model dequantizes it)."""
     from knowgate.models import LanguageModel
 
+    name = source if isinstance(source, str) else source.source
     return with_status(
-        f"loading {source} (first load dequantizes and caches it)...",
+        f"loading {name} (first load dequantizes and caches it)...",
         lambda: LanguageModel.load(source),
     )
 
