@@ -267,9 +267,7 @@ def test_a_corrupt_cache_file_is_recomputed(tmp_path) -> None:
         return np.eye(len(texts), 4, dtype=np.float32)
 
     questions = ["a", "b", "c"]
-    _, computed = load_or_score(
-        questions, MATERIAL, tmp_path, density_fn=density, embed_fn=embed
-    )
+    _, computed = load_or_score(questions, MATERIAL, tmp_path, density_fn=density, embed_fn=embed)
     assert computed and calls == [questions]
     _, computed = load_or_score(questions, MATERIAL, tmp_path, density_fn=density, embed_fn=embed)
     assert not computed and len(calls) == 1  # read from the cache
