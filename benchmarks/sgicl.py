@@ -33,7 +33,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from knowgate.errors import PolicyError
-from knowgate.evaluation.branches.closed_book import ClosedBookRecord, run_closed_book
+from knowgate.evaluation.branches.cache import read_cache
+from knowgate.evaluation.branches.closed_book import (
+    ClosedBookRecord,
+    closed_book_cache_path,
+    load_closed_book,
+    run_closed_book,
+)
 from knowgate.evaluation.cross_fitting import cross_fit, outer_splits
 from knowgate.evaluation.datasets import QADataset, load_dataset
 from knowgate.evaluation.demonstration_pools import (
@@ -206,10 +212,8 @@ def summary_markdown(result: dict[str, Any]) -> str:
         f"n = {result['analysis']['n']} questions ({result['analysis']['datasets']})",
         "",
         "| prompt | In-Acc [95% CI] | minus fixed [95% CI] | minus random order [95% CI] | EM "
-        "| F1 | F1 minus fixed [95% CI] | "
-        + " | ".join(datasets)
-        + " | prompt tokens | prefill s/q | decode s/q |",
-        "|---|---|---|---|---|---|---|" + "---|" * len(datasets) + "---|---|---|",
+        "| F1 | F1 minus fixed [95% CI] | " + " | ".join(datasets) + " | prompt tokens | CPU s/q |",
+        "|---|---|---|---|---|---|---|" + "---|" * len(datasets) + "---|---|",
     ]
     for name, row in conds.items():
         vf = row.get("vs_fixed", {})
@@ -219,7 +223,7 @@ def summary_markdown(result: dict[str, Any]) -> str:
             f"| {name} | {_fmt(row['in_acc'])} | {_fmt(vf.get('in_acc'), True)} "
             f"| {_fmt(vr.get('in_acc'), True)} | {row['em']:.3f} | {row['f1']:.3f} "
             f"| {_fmt(vf.get('f1'), True)} | {per} | {row['prompt_tokens']:.0f} "
-            f"| {row['prefill_s_per_q']:.3f} | {row['decode_s_per_q']:.3f} |"
+            f"| {row.get('cpu_s_per_q', float('nan')):.2f} |"
         )
     lines += [
         "",
@@ -238,14 +242,14 @@ def summary_markdown(result: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "| dataset | pool | pool scoring s (this run) | level prefill s/q (sgicl) "
-        "| MiniLM embedding s/q |",
+        "| dataset | pool | pool scoring s (wall, this run) | level prefill CPU s/q (sgicl) "
+        "| MiniLM embedding CPU s/q |",
         "|---|---|---|---|---|",
     ]
     for name, c in result.get("costs", {}).items():
         lines.append(
             f"| {name} | {c['pool_size']} | {c['pool_scoring_seconds_this_run']} "
-            f"| {c['level_prefill_s_per_q']} | {c['embedding_s_per_q']} |"
+            f"| {c.get('level_prefill_cpu_s_per_q', '-')} | {c.get('embedding_cpu_s_per_q', '-')} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -261,12 +265,13 @@ def measure_costs(
     evaluated: Sequence[QADataset],
     *,
     first_sgicl: str,
+    sample: int,
 ) -> dict[str, Any]:
     """Pool scoring time, and the per-query extra work timed on questions not seen before.
 
     Timed before any condition runs, so the memo of query densities is empty: the level prefill
     of the zero-shot prompt (SG-ICL only) and the MiniLM embedding (every pool strategy) are
-    measured on their own, as the first 64 evaluated questions of each dataset need them.
+    measured on their own, on the first ``sample`` evaluated questions of each dataset.
     """
     costs: dict[str, Any] = {}
     for ds in evaluated:
@@ -275,20 +280,25 @@ def measure_costs(
         selector = lm.demonstrations
         assert selector is not None
         pool_seconds = time.perf_counter() - t
-        questions = [ex.question for ex in ds][: min(len(ds), 64)]
-        t = time.perf_counter()
+        questions = [ex.question for ex in ds][: min(len(ds), sample)]
+        t, cpu = time.perf_counter(), time.process_time()
         base.sparsity_density(questions, "zero_shot")
         level = (time.perf_counter() - t) / len(questions)
+        level_cpu = (time.process_time() - cpu) / len(questions)
         embedder = Embedder(lm.config.prompt.demonstrations.embedding_model)
         embedder.encode(questions[:2])
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         embedder.encode(questions)
         embed = (time.perf_counter() - t) / len(questions)
+        embed_cpu = (time.process_time() - cpu) / len(questions)
         costs[ds.name] = {
             "pool_size": len(selector.pool),
+            "questions_timed": len(questions),
             "pool_scoring_seconds_this_run": round(pool_seconds, 2),
             "level_prefill_s_per_q": round(level, 4),
+            "level_prefill_cpu_s_per_q": round(level_cpu, 4),
             "embedding_s_per_q": round(embed, 4),
+            "embedding_cpu_s_per_q": round(embed_cpu, 4),
         }
         print(ds.name, costs[ds.name], flush=True)
     return costs
@@ -312,6 +322,9 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/sgicl"))
     parser.add_argument("--cache", type=Path, default=Path("runs/closed_book"))
+    parser.add_argument(
+        "--cost-sample", type=int, default=64, help="questions per dataset the costs are timed on"
+    )
     parser.add_argument("--analyze-only", action="store_true")
     args = parser.parse_args()
 
@@ -341,11 +354,16 @@ def main() -> None:
     if args.analyze_only:
         costs = json.loads(costs_path.read_text()) if costs_path.is_file() else {}
     else:
-        costs = measure_costs(base, lms, evaluated, first_sgicl=conds_first_sgicl(conds))
+        costs = measure_costs(
+            base, lms, evaluated, first_sgicl=conds_first_sgicl(conds), sample=args.cost_sample
+        )
         args.out.mkdir(parents=True, exist_ok=True)
         costs_path.write_text(json.dumps(costs, indent=2))
     results: dict[str, list[ClosedBookRecord]] = {c.name: [] for c in conds}
-    selected: set[tuple[str, str]] = set()
+    cpu_path = args.out / "cpu.json"
+    cpu_log: dict[str, dict[str, float]] = (
+        json.loads(cpu_path.read_text()) if cpu_path.is_file() else {}
+    )
     rounds = max(1, math.ceil(args.eval / args.round))
     for r in range(1, rounds + 1):
         upto = min(args.eval, r * args.round)
@@ -356,22 +374,19 @@ def main() -> None:
                 sub = QADataset(ds.name, ds.path, ds.examples[:upto], ds.content_hash)
                 lm = lms[(c.name, ds.name)]
                 if args.analyze_only:
-                    from knowgate.evaluation.branches.closed_book import (
-                        closed_book_cache_path,
-                        load_closed_book,
-                    )
-
                     recs += load_closed_book(closed_book_cache_path(lm, sub, args.cache), sub)
                     continue
-                fresh = [ex.question for ex in sub if (c.name, ex.question) not in selected]
-                t = time.perf_counter()
-                lm.format_prompts(fresh)  # choose once (memoised) and time it
-                entry = extra.setdefault(c.name, {"selection_seconds": 0.0, "selected": 0})
-                entry["selection_seconds"] += time.perf_counter() - t
-                entry["selected"] += len(fresh)
-                selected.update((c.name, q) for q in fresh)
+                path = closed_book_cache_path(lm, sub, args.cache)
+                done = set(read_cache(path, "closed-book")[1]) if path.is_file() else set()
+                todo = sum(ex.id not in done for ex in sub)
+                cpu = time.process_time()
                 recs += run_closed_book(lm, sub, cache_dir=args.cache, progress=False)
+                entry = cpu_log.setdefault(c.name, {"cpu_seconds": 0.0, "questions": 0})
+                entry["cpu_seconds"] += time.process_time() - cpu
+                entry["questions"] += todo
             results[c.name] = recs
+            if not args.analyze_only:
+                cpu_path.write_text(json.dumps(cpu_log, indent=2))
             acc = np.mean([x.correct for x in recs])
             print(
                 f"round {r} upto {upto}: {c.name:28s} acc {acc:.3f} "
@@ -380,11 +395,13 @@ def main() -> None:
             )
         if args.analyze_only:
             break
-    for entry in extra.values():
-        # the first call per question computes; later rounds hit the memo (near zero)
-        entry["selection_s_per_q"] = entry["selection_seconds"] / max(1, entry["selected"])
-    # (sgicl conditions share the memo of query densities, so only the first one pays the level
-    # prefill; the costs block above times each part on its own)
+    # CPU seconds per question answered (choice of demonstrations, prefill, decode, signals),
+    # summed over every process that filled the caches: unlike wall time, it hardly depends
+    # on how loaded the shared machine was. (SG-ICL conditions share the memo of query
+    # densities, so only the first pays the level prefill; the costs block times it alone.)
+    for name, entry in cpu_log.items():
+        if entry["questions"]:
+            extra[name] = {"cpu_s_per_q": entry["cpu_seconds"] / entry["questions"]}
     analysis = analyze(results, extra, boot=args.bootstrap, folds=args.folds, seed=args.seed)
     result = {
         "command": "benchmarks/sgicl.py "
