@@ -25,6 +25,8 @@ _EXPORTS: dict[str, str] = {
     "LanguageModel": "knowgate.models.language_model",
     "Prefill": "knowgate.models.language_model",
     "RunOutput": "knowgate.models.language_model",
+    "TokenCallback": "knowgate.models.language_model",
+    "AnswerStream": "knowgate.models.streaming",
     "load_model": "knowgate.models.language_model",
     "summarize_logits": "knowgate.models.language_model",
 }
@@ -32,6 +34,7 @@ _EXPORTS: dict[str, str] = {
 __all__ = [
     "DEFAULT_MODEL",
     "PACKAGED_MODELS",
+    "AnswerStream",
     "BlockLayout",
     "Draft",
     "FewShotExample",
@@ -42,6 +45,7 @@ __all__ = [
     "Prefill",
     "PromptConfig",
     "RunOutput",
+    "TokenCallback",
     "discover_layout",
     "load_model",
     "model_fingerprint",
@@ -64,11 +68,13 @@ if TYPE_CHECKING:
         LanguageModel,
         Prefill,
         RunOutput,
+        TokenCallback,
         load_model,
         summarize_logits,
     )
     from knowgate.models.loading import resolve_source
     from knowgate.models.packaged import PACKAGED_MODELS, PackagedModel
+    from knowgate.models.streaming import AnswerStream
 
 
 def __getattr__(name: str) -> Any:

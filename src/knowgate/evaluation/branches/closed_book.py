@@ -19,7 +19,7 @@ is kept on disk:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +27,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from knowgate.errors import DataError
-from knowgate.evaluation.branches.cache import ARRAYS_KEY, CACHE_FORMAT, BranchRunner
+from knowgate.evaluation.branches.cache import (
+    ARRAYS_KEY,
+    CACHE_FORMAT,
+    BranchRunner,
+    load_arrays,
+    load_cached_rows,
+    read_cache,
+)
 from knowgate.evaluation.datasets import QADataset, QAExample
 from knowgate.evaluation.scoring import AnswerScore, score_answer
 from knowgate.signals import (
@@ -231,6 +238,89 @@ class ClosedBookBranch(BranchRunner[ClosedBookRecord]):
             raise DataError(f"malformed closed-book record for {example.id!r}: {exc!r}") from exc
 
 
+@dataclass(frozen=True)
+class ClosedBookArrays:
+    """The arrays stored beside a closed-book cache, one row per question (dataset order).
+
+    Attributes:
+        probe_hidden: hidden states of :attr:`probe_layers` at every position, float16,
+            ``[n, len(probe_layers), len(positions), d]`` (for probes).
+        probe_layers: the blocks stored (:func:`probe_layers`).
+        positions: the prompt positions (:data:`~knowgate.signals.POSITIONS`).
+        sparsity_by_layer: every sparsity metric at every captured block and position,
+            ``[n, len(sparsity_rows), len(positions), len(sparsity_layers)]``.
+        sparsity_rows: ``{site}_{metric}`` per row (:func:`~knowgate.signals.
+            sparsity_table_names`).
+        sparsity_layers: the captured blocks.
+    """
+
+    probe_hidden: np.ndarray
+    probe_layers: tuple[int, ...]
+    positions: tuple[str, ...]
+    sparsity_by_layer: np.ndarray
+    sparsity_rows: tuple[str, ...]
+    sparsity_layers: tuple[int, ...]
+
+    @staticmethod
+    def concatenate(parts: Iterable[ClosedBookArrays]) -> ClosedBookArrays:
+        """The arrays of several datasets stacked in order (same model, same layout).
+
+        Raises:
+            DataError: no parts, or parts stored with different layers or positions.
+        """
+        items = list(parts)
+        if not items:
+            raise DataError("no closed-book arrays to concatenate")
+        first = items[0]
+        for other in items[1:]:
+            if (other.probe_layers, other.positions, other.sparsity_rows) != (
+                first.probe_layers,
+                first.positions,
+                first.sparsity_rows,
+            ) or other.sparsity_layers != first.sparsity_layers:
+                raise DataError("closed-book arrays were stored with different layouts")
+        return ClosedBookArrays(
+            np.concatenate([a.probe_hidden for a in items]),
+            first.probe_layers,
+            first.positions,
+            np.concatenate([a.sparsity_by_layer for a in items]),
+            first.sparsity_rows,
+            first.sparsity_layers,
+        )
+
+
+def load_closed_book_arrays(path: Path, dataset: QADataset) -> ClosedBookArrays:
+    """The stored hidden states and per-layer sparsity of ``dataset``'s questions (no model).
+
+    Raises:
+        DataError: not a closed-book cache of this dataset, incomplete, without arrays, or
+            arrays that disagree with the header.
+    """
+    header, _, _ = read_cache(Path(path), "closed-book")
+    layout = header.get("arrays")
+    if not isinstance(layout, Mapping) or set(ARRAY_NAMES) - set(layout):
+        raise DataError(f"{path}: this closed-book cache stores no {', '.join(ARRAY_NAMES)}")
+    rows = load_cached_rows(Path(path), dataset, what="closed-book")
+    arrays = load_arrays(Path(path), [rows[ex.id] for ex in dataset], ARRAY_NAMES)
+    probe, table = layout["probe_hidden"], layout["sparsity_by_layer"]
+    out = ClosedBookArrays(
+        probe_hidden=arrays["probe_hidden"],
+        probe_layers=tuple(int(v) for v in probe["layers"]),
+        positions=tuple(str(v) for v in probe["positions"]),
+        sparsity_by_layer=arrays["sparsity_by_layer"],
+        sparsity_rows=tuple(str(v) for v in table["rows"]),
+        sparsity_layers=tuple(int(v) for v in table["layers"]),
+    )
+    expected = (len(dataset), len(out.probe_layers), len(out.positions))
+    if out.probe_hidden.shape[:3] != expected or out.sparsity_by_layer.shape[1:] != (
+        len(out.sparsity_rows),
+        len(out.positions),
+        len(out.sparsity_layers),
+    ):
+        raise DataError(f"{path}: stored arrays do not match the layout in its header")
+    return out
+
+
 def closed_book_cache_path(
     lm: LanguageModel,
     dataset: QADataset,
@@ -267,6 +357,20 @@ def run_closed_book(
     """
     branch = ClosedBookBranch(lm, max_new_tokens=max_new_tokens)
     return branch.run(dataset, cache_dir=cache_dir, batch_size=batch_size, progress=progress)
+
+
+def closed_book_arrays(
+    lm: LanguageModel,
+    dataset: QADataset,
+    cache_dir: Path | None = None,
+    *,
+    max_new_tokens: int | None = None,
+) -> ClosedBookArrays:
+    """The arrays of a finished closed-book run of ``lm`` on ``dataset`` (see
+    :func:`load_closed_book_arrays`).
+    """  # noqa: D205
+    path = closed_book_cache_path(lm, dataset, cache_dir, max_new_tokens=max_new_tokens)
+    return load_closed_book_arrays(path, dataset)
 
 
 def load_closed_book(path: Path, dataset: QADataset) -> list[ClosedBookRecord]:

@@ -47,6 +47,7 @@ class PeerRecord:
 
     Attributes:
         example: the labelled question.
+        dataset: the dataset's name.
         samples: the sampled answers (temperature ``temperature``), in sampling order.
         p_yes: P(next token spells "yes") after the self-report prompt.
         p_no: P(next token spells "no") after it.
@@ -56,6 +57,7 @@ class PeerRecord:
     """
 
     example: QAExample
+    dataset: str
     samples: tuple[str, ...]
     p_yes: float
     p_no: float
@@ -135,7 +137,7 @@ class PeerBranch(BranchRunner[PeerRecord]):
     def answer_batch(self, chunk: Sequence[QAExample]) -> list[dict[str, Any]]:
         """Sample ``K`` answers from one shared prefill, then one self-report prefill."""
         lm = self.lm
-        prompts = [lm.format_prompt(ex.question) for ex in chunk]
+        prompts = lm.format_prompts([ex.question for ex in chunk])
         sampled = lm.sample(
             prompts,
             k=self.samples,
@@ -166,6 +168,7 @@ class PeerBranch(BranchRunner[PeerRecord]):
         try:
             return PeerRecord(
                 example=example,
+                dataset=dataset,
                 samples=tuple(str(s) for s in row["samples"]),
                 p_yes=float(row["p_yes"]),
                 p_no=float(row["p_no"]),
