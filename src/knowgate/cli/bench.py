@@ -11,6 +11,7 @@ import typer
 
 from knowgate.cli.app import app
 from knowgate.cli.common import (
+    MODEL_HELP,
     check_calibration,
     console,
     dataset_names,
@@ -50,9 +51,7 @@ def _machine() -> dict[str, Any]:
 
 @app.command()
 def bench(
-    model: str = typer.Option(
-        DEFAULT_MODEL, "--model", "-m", help="Packaged name, hub id, local dir or .gguf file."
-    ),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help=MODEL_HELP),
     config_file: Path | None = typer.Option(
         None,
         "--config",

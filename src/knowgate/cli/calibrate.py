@@ -9,6 +9,7 @@ import typer
 
 from knowgate.cli.app import app
 from knowgate.cli.common import (
+    MODEL_HELP,
     check_calibration,
     console,
     dataset_names,
@@ -20,9 +21,7 @@ from knowgate.models.config import DEFAULT_MODEL
 
 @app.command()
 def calibrate(
-    model: str = typer.Option(
-        DEFAULT_MODEL, "--model", "-m", help="Packaged name, hub id, local dir or .gguf file."
-    ),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help=MODEL_HELP),
     data: list[str] = typer.Option(
         ...,
         "--data",
@@ -32,12 +31,12 @@ def calibrate(
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the policy JSON."),
     features: list[str] = typer.Option(
-        ["prefill"],
+        [],
         "--features",
         "-f",
         help="Feature names or groups (prefill, draft, sparsity, uncertainty, question, model, "
         "all); repeat or comma-separate. Default: prefill = every model signal available "
-        "before generation.",
+        "before generation; for a served model, model = every signal its draft gives.",
     ),
     policy_kind: str = typer.Option(
         "fused",
@@ -95,6 +94,7 @@ def calibrate(
     from knowgate.evaluation.datasets import load_dataset
     from knowgate.evaluation.labelled import build_table, resolve_features
     from knowgate.evaluation.reporting import fmt, to_jsonable
+    from knowgate.models import RemoteModel
     from knowgate.policy import (
         FeatureGroups,
         HiddenStateProbe,
@@ -122,7 +122,14 @@ def calibrate(
                     lm, ds, cache_dir=cache_dir, batch_size=batch_size, progress=progress
                 )
             )
+        if policy_kind != "fused" and isinstance(lm, RemoteModel):
+            raise ConfigError(
+                f"--policy {policy_kind} reads hidden states a served model does not return; "
+                "use --policy fused"
+            )
         table = build_table(records)
+        if not features:  # a served model gates on its draft: every draft signal is free
+            features = ["model"] if isinstance(lm, RemoteModel) else ["prefill"]
         selected = resolve_features(table, features)
         fused_recipe: Recipe = FeatureGroups() if select else Logistic()
         result = run_study(

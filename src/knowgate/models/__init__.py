@@ -15,6 +15,13 @@ _EXPORTS: dict[str, str] = {
     "GenerationConfig": "knowgate.models.config",
     "ModelConfig": "knowgate.models.config",
     "PromptConfig": "knowgate.models.config",
+    "RemoteConfig": "knowgate.models.config",
+    "ModelBackend": "knowgate.models.backend",
+    "is_remote": "knowgate.models.backend",
+    "load_backend": "knowgate.models.backend",
+    "RemoteAnswer": "knowgate.models.remote",
+    "RemoteDraft": "knowgate.models.remote",
+    "RemoteModel": "knowgate.models.remote",
     "PACKAGED_MODELS": "knowgate.models.packaged",
     "PackagedModel": "knowgate.models.packaged",
     "resolve_source": "knowgate.models.loading",
@@ -40,13 +47,20 @@ __all__ = [
     "FewShotExample",
     "GenerationConfig",
     "LanguageModel",
+    "ModelBackend",
     "ModelConfig",
     "PackagedModel",
     "Prefill",
     "PromptConfig",
+    "RemoteAnswer",
+    "RemoteConfig",
+    "RemoteDraft",
+    "RemoteModel",
     "RunOutput",
     "TokenCallback",
     "discover_layout",
+    "is_remote",
+    "load_backend",
     "load_model",
     "model_fingerprint",
     "resolve_source",
@@ -55,12 +69,14 @@ __all__ = [
 
 if TYPE_CHECKING:
     from knowgate.models.architecture import BlockLayout, discover_layout
+    from knowgate.models.backend import ModelBackend, is_remote, load_backend
     from knowgate.models.config import (
         DEFAULT_MODEL,
         FewShotExample,
         GenerationConfig,
         ModelConfig,
         PromptConfig,
+        RemoteConfig,
     )
     from knowgate.models.fingerprint import model_fingerprint
     from knowgate.models.language_model import (
@@ -74,6 +90,7 @@ if TYPE_CHECKING:
     )
     from knowgate.models.loading import resolve_source
     from knowgate.models.packaged import PACKAGED_MODELS, PackagedModel
+    from knowgate.models.remote import RemoteAnswer, RemoteDraft, RemoteModel
     from knowgate.models.streaming import AnswerStream
 
 

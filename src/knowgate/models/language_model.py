@@ -38,6 +38,7 @@ from knowgate.signals import (
     PositionStates,
     SignalConfig,
     TokenStats,
+    TopKStats,
     compute_features,
 )
 from knowgate.signals.sparsity import l0_density
@@ -733,6 +734,34 @@ class LanguageModel:
         return np.stack(
             [probs[:, sorted(i)].sum(dim=1).double().cpu().numpy() for i in ids], axis=1
         )
+
+    def topk_logprobs(self, prompt: str, token_ids: Sequence[int], *, k: int = 20) -> TopKStats:
+        """The top-``k`` log-probabilities along a given continuation of ``prompt``.
+
+        One forward pass over the prompt and ``token_ids`` (teacher forcing): position ``j``
+        holds the distribution after the prompt and ``token_ids[:j]``, its ``k`` largest
+        log-probabilities and that of ``token_ids[j]``. This is what an OpenAI-compatible
+        server returns with ``top_logprobs=k``, so
+        :func:`~knowgate.signals.compute_served_features` gives a local model the features a
+        served one has (e.g. to fit a policy here and use it on a server, or to compare both).
+        Default runs do not compute it: it costs this extra pass.
+
+        Raises:
+            InputError: no tokens, or ``k`` < 2.
+        """
+        if not token_ids:
+            raise InputError("topk_logprobs needs at least one continuation token")
+        if k < 2:
+            raise InputError(f"k must be at least 2, got {k}")
+        input_ids, _, _ = self._encode([prompt])
+        continuation = torch.tensor([list(token_ids)], dtype=torch.long, device=self._device)
+        full = torch.cat([input_ids, continuation[:, :-1]], dim=1)
+        with self._lock, torch.inference_mode():
+            out = self.model(input_ids=full, attention_mask=torch.ones_like(full), use_cache=False)
+            logp = torch.log_softmax(out.logits[0, input_ids.shape[1] - 1 :, :].float(), dim=-1)
+            top = logp.topk(min(k, logp.shape[-1]), dim=-1).values
+            chosen = logp.gather(-1, continuation[0][:, None])[:, 0]
+        return TopKStats(chosen.double().cpu().numpy(), top.double().cpu().numpy())
 
     def _single_token_ids(self, word: str) -> set[int]:
         ids: set[int] = set()

@@ -27,7 +27,16 @@ from typing import TYPE_CHECKING, Any
 
 from knowgate.config import GateMode, RouterConfig, load_config
 from knowgate.errors import ConfigError, InputError, KnowledgeBaseError, PolicyError, SignalError
-from knowgate.models import AnswerStream, Draft, LanguageModel, Prefill, TokenCallback
+from knowgate.models import (
+    AnswerStream,
+    Draft,
+    LanguageModel,
+    Prefill,
+    RemoteDraft,
+    RemoteModel,
+    TokenCallback,
+    load_backend,
+)
 from knowgate.policy import Decision, Policy, policy_from_spec
 from knowgate.routing.generator import AnswerGenerator, GenerationRequest
 from knowgate.routing.protocol import TextSink
@@ -40,6 +49,7 @@ from knowgate.signals import (
     draft_features,
     feature_specs,
 )
+from knowgate.signals.question import QUESTION_FEATURES, compute_question_features
 
 if TYPE_CHECKING:
     from knowgate.retrieval import KnowledgeBase
@@ -65,7 +75,10 @@ class Router:
     """Model + policy + retriever: answers queries, retrieving only when the model does not know.
 
     Args:
-        model: the local language model; it always gates, and answers unless ``generator`` is set.
+        model: the language model; it always gates, and answers unless ``generator`` is set. A
+            local :class:`~knowgate.models.LanguageModel`, or a
+            :class:`~knowgate.models.RemoteModel` behind an OpenAI-compatible server, which
+            always gates on its draft (``gate.mode`` does not apply; see docs/remote.md).
         policy: the gating policy (the config's ``policy.threshold`` overrides its cut).
         retriever: a :class:`~knowgate.retrieval.KnowledgeBase`, an object with
             ``search(query, k)``, or a :class:`~knowgate.routing.PassageSource` (a LangChain
@@ -89,7 +102,7 @@ class Router:
 
     def __init__(
         self,
-        model: LanguageModel,
+        model: LanguageModel | RemoteModel,
         policy: Policy,
         retriever: Any | None = None,
         *,
@@ -125,7 +138,7 @@ class Router:
         cls,
         config: RouterConfig | str | Path | None = None,
         *,
-        model: LanguageModel | None = None,
+        model: LanguageModel | RemoteModel | None = None,
         retriever: Any | None = None,
         generator: AnswerGenerator | None = None,
     ) -> Router:
@@ -144,7 +157,7 @@ class Router:
                 f"the config defines experiment {config.experiment.name!r}, which a Router "
                 f"does not run; build it with knowgate.experiments.ExperimentRouter.from_config"
             )
-        lm = model or LanguageModel.load(config.model)
+        lm = model or load_backend(config.model)
         # The constructor applies policy.threshold (to this policy or one passed in code).
         spec = config.policy.model_copy(update={"threshold": None})
         policy = policy_from_spec(spec, model_id=lm.model_id)
@@ -174,6 +187,9 @@ class Router:
                 f"router runs {self.model.model_id!r}; its calibration does not transfer. Fit one "
                 f"with `knowgate calibrate --model {self.model.model_id}`, or set policy.force."
             )
+        if isinstance(self.model, RemoteModel):
+            self._check_served_policy(policy, self.model)
+            return
         signals = self.signals_for([policy])
         recorded = policy.signal_config or {}
         eps = recorded.get("near_zero_eps")
@@ -188,6 +204,15 @@ class Router:
                 f"{signals.near_zero_eps}; set signals.near_zero_eps to {eps}"
             )
         specs = feature_specs(signals)
+        served_only = [
+            f for f in policy.required_features if f in specs and "local" not in specs[f].backends
+        ]
+        if served_only:
+            raise ConfigError(
+                f"policy {policy.policy_id} needs {served_only}, which only a served model "
+                f"provides (computed from a server's top-k log-probabilities or hidden state); "
+                f"route it with a model openai:<base_url>#<model>"
+            )
         needs_draft = [
             f for f in policy.required_features if f in specs and specs[f].stage == "draft"
         ]
@@ -196,6 +221,22 @@ class Router:
                 f"policy {policy.policy_id} reads draft features {needs_draft}; a pre-generation "
                 f"gate cannot see them. Use gate.mode: draft, or a policy fitted on prefill "
                 f"features."
+            )
+
+    @staticmethod
+    def _check_served_policy(policy: Policy, model: RemoteModel) -> None:
+        """Refuse a policy that reads features the served model cannot provide."""
+        provided = model.feature_names()
+        missing = [
+            f for f in policy.required_features if f not in provided and f not in QUESTION_FEATURES
+        ]
+        if missing:
+            raise ConfigError(
+                f"policy {policy.policy_id} needs {missing}, which the served model "
+                f"{model.model_id} does not provide: a server returns its draft's token "
+                f"log-probabilities (and, with remote.hidden_states, a last-layer hidden state), "
+                f"not activations or full distributions. It provides {provided}. Fit a policy on "
+                f"it with `knowgate calibrate --model {model.config.source}`."
             )
 
     def signals_for(self, policies: Sequence[Policy]) -> SignalConfig:
@@ -223,7 +264,10 @@ class Router:
 
     @property
     def mode(self) -> GateMode:
-        """``pre`` or ``draft`` (see :class:`~knowgate.config.GateConfig`)."""
+        """``pre`` or ``draft`` (see :class:`~knowgate.config.GateConfig`); a served model
+        always gates on its draft (it cannot prefill without decoding)."""  # noqa: D205, D209
+        if isinstance(self.model, RemoteModel):
+            return "draft"
         return self.config.gate.mode
 
     # ------------------------------------------------------------------------------ public
@@ -385,6 +429,8 @@ class Router:
             self.check_policy(policy)
         if threshold is not None:
             policy = policy.with_threshold(threshold)
+        if isinstance(self.model, RemoteModel):
+            return self._gate_served(query, policy, metadata, self.model)
         start = time.perf_counter()
         signals = self.signals_for([policy])
         pre = self._prefill([query], signals)
@@ -467,18 +513,20 @@ class Router:
         The prompt grows with every passage, so the largest count that fits is found by binary
         search (a few tokenizations even for long passage lists).
         """
+        lm = self.model
+        assert isinstance(lm, LanguageModel)  # a served model's server fits its own context
 
         def fits(count: int) -> bool:
-            prompt = self.model.format_prompt(query, passages[:count])
-            return self.model.count_tokens(prompt) <= self.model.max_prompt_tokens
+            prompt = lm.format_prompt(query, passages[:count])
+            return lm.count_tokens(prompt) <= lm.max_prompt_tokens
 
         if fits(len(passages)):
-            return self.model.format_prompt(query, passages), len(passages)
+            return lm.format_prompt(query, passages), len(passages)
         low, high = 0, len(passages)  # fits(low) holds (no passages: the gate's prompt fitted)
         while high - low > 1:
             mid = (low + high) // 2
             low, high = (mid, high) if fits(mid) else (low, mid)
-        return self.model.format_prompt(query, passages[:low]), low
+        return lm.format_prompt(query, passages[:low]), low
 
     def _generate(self, query: str, passages: list[PassageTrace]) -> str:
         cfg = self.model.config.prompt
@@ -516,6 +564,8 @@ class Router:
         request_ids: list[str | None],
         streams: list[TextSink | None],
     ) -> list[RoutedAnswer]:
+        if isinstance(self.model, RemoteModel):  # answers arrive whole (see TextSink)
+            return self._route_served(queries, policies, metadata, request_ids, self.model)
         n = len(queries)
         rows = list(range(n))
         stages = _Stages(n)
@@ -578,27 +628,7 @@ class Router:
             stages.add("policy", time.perf_counter() - t, gated)
 
         wants = [i for i in rows if decisions[i].retrieve]
-        passages: dict[int, list[PassageTrace]] = {}
-        errors: dict[int, str] = {}
-        retriever_calls = dict.fromkeys(rows, 0)
-        if wants and self.source is None:
-            errors = dict.fromkeys(wants, "no retriever configured; answered closed-book")
-        elif wants:
-            t = time.perf_counter()
-            for i in wants:
-                retriever_calls[i] = 1
-            try:
-                found = self.source.retrieve([queries[i] for i in wants], self.config.retrieval.k)  # type: ignore[union-attr]
-            except Exception as exc:  # any retriever failure falls back, visibly
-                log.warning("retriever %s failed: %s", self.source.name, exc)  # type: ignore[union-attr]
-                errors = dict.fromkeys(wants, f"retriever failed ({type(exc).__name__}: {exc})")
-            else:
-                for i, hits in zip(wants, found, strict=True):
-                    if hits:
-                        passages[i] = hits
-                    else:
-                        errors[i] = "retriever returned no passages; answered closed-book"
-            stages.add("retrieve", time.perf_counter() - t, wants)
+        passages, errors, retriever_calls = self._retrieve(queries, wants, stages)
 
         closed = [i for i in rows if i not in passages]
         fallback: set[int] = set()
@@ -659,11 +689,67 @@ class Router:
                     lm_calls[i] += 1
                 stages.add("answer_with_passages", time.perf_counter() - t, rag)
 
+        return self._results(
+            queries,
+            [decisions[i] for i in rows],
+            features,
+            answers,
+            used_passages,
+            {"lm": lm_calls, "retriever": retriever_calls, "generator": generator_calls},
+            stages,
+            errors,
+            request_ids,
+        )
+
+    def _retrieve(
+        self, queries: Sequence[str], wants: list[int], stages: _Stages
+    ) -> tuple[dict[int, list[PassageTrace]], dict[int, str], dict[int, int]]:
+        """Passages for the rows ``wants``: ``(passages, fallback reasons, retriever calls)``.
+
+        A missing retriever, a failing one, or one that finds nothing leaves the row without
+        passages and records why (it is then answered closed-book).
+        """
+        passages: dict[int, list[PassageTrace]] = {}
+        errors: dict[int, str] = {}
+        retriever_calls = dict.fromkeys(range(len(queries)), 0)
+        if wants and self.source is None:
+            errors = dict.fromkeys(wants, "no retriever configured; answered closed-book")
+        elif wants and self.source is not None:
+            t = time.perf_counter()
+            for i in wants:
+                retriever_calls[i] = 1
+            try:
+                found = self.source.retrieve([queries[i] for i in wants], self.config.retrieval.k)
+            except Exception as exc:  # any retriever failure falls back, visibly
+                log.warning("retriever %s failed: %s", self.source.name, exc)
+                errors = dict.fromkeys(wants, f"retriever failed ({type(exc).__name__}: {exc})")
+            else:
+                for i, hits in zip(wants, found, strict=True):
+                    if hits:
+                        passages[i] = hits
+                    else:
+                        errors[i] = "retriever returned no passages; answered closed-book"
+            stages.add("retrieve", time.perf_counter() - t, wants)
+        return passages, errors, retriever_calls
+
+    def _results(
+        self,
+        queries: Sequence[str],
+        decisions: Sequence[Decision],
+        features: Sequence[dict[str, float]],
+        answers: Mapping[int, str],
+        used_passages: Mapping[int, list[PassageTrace]],
+        calls: Mapping[str, Mapping[int, int]],
+        stages: _Stages,
+        errors: Mapping[int, str],
+        request_ids: Sequence[str | None],
+    ) -> list[RoutedAnswer]:
+        """One :class:`RoutedAnswer` per query, with its calls and stage timings."""
         results = []
-        for i in rows:
-            calls = {"lm": lm_calls[i], "retriever": retriever_calls[i]}
+        for i in range(len(queries)):
+            row_calls = {"lm": calls["lm"][i], "retriever": calls["retriever"][i]}
             if self.generator is not None:
-                calls["generator"] = generator_calls[i]
+                row_calls["generator"] = calls["generator"][i]
             timings = dict(stages.rows[i])
             timings["total"] = round(sum(timings.values()), 2)
             results.append(
@@ -673,7 +759,7 @@ class Router:
                     decision=self._decision_trace(decisions[i]),
                     features=features[i],
                     passages=used_passages.get(i, []),
-                    calls=calls,
+                    calls=row_calls,
                     timings_ms=timings,
                     model=self.model.model_id,
                     request_id=request_ids[i] or uuid.uuid4().hex,
@@ -681,6 +767,135 @@ class Router:
                 )
             )
         return results
+
+    # ------------------------------------------------------------------- a served model
+    def _served_features(
+        self, query: str, draft: RemoteDraft, metadata: Mapping[str, Any] | None, policy: Policy
+    ) -> dict[str, float]:
+        features = dict(draft.features)
+        if any(f in QUESTION_FEATURES for f in policy.required_features):
+            features.update(compute_question_features(query, metadata))
+        return features
+
+    @staticmethod
+    def _served_decision(
+        policy: Policy, features: dict[str, float], draft: RemoteDraft
+    ) -> Decision:
+        """The policy's decision; retrieve when the draft lacks a feature the policy reads.
+
+        A served draft lacks features only when the server scored no token (the draft ended at
+        once: no answer to keep) or returned no hidden state for it.
+        """
+        missing = [f for f in policy.required_features if f not in features]
+        if missing:
+            return Decision(
+                retrieve=True,
+                p_known=None,
+                threshold=None,
+                policy_id=policy.policy_id,
+                reason=f"retrieved: {draft.missing_reason or 'features missing'} (no {missing})",
+            )
+        return policy.decide(features)
+
+    def _gate_served(
+        self,
+        query: str,
+        policy: Policy,
+        metadata: Mapping[str, Any] | None,
+        model: RemoteModel,
+    ) -> GateResult:
+        start = time.perf_counter()
+        draft = model.draft([query])[0]
+        features = self._served_features(query, draft, metadata, policy)
+        decision = self._served_decision(policy, features, draft)
+        total = (time.perf_counter() - start) * 1000.0
+        return GateResult(
+            self._decision_trace(decision), features, {"gate": round(total, 2)}, model.model_id
+        )
+
+    def _route_served(
+        self,
+        queries: list[str],
+        policies: list[Policy],
+        metadata: list[Mapping[str, Any] | None],
+        request_ids: list[str | None],
+        model: RemoteModel,
+    ) -> list[RoutedAnswer]:
+        """Route a chunk through a served model: one greedy draft with logprobs per gated query,
+        the draft is the answer when the policy keeps it, else retrieve and ask again with the
+        passages. Policies that read no signal decide first (always = plain RAG: one call).
+        """  # noqa: D205
+        n = len(queries)
+        rows = list(range(n))
+        stages = _Stages(n)
+        drafts: dict[int, RemoteDraft] = {}
+        features: list[dict[str, float]] = [{} for _ in rows]
+        free = [i for i in rows if not policies[i].required_features]
+        gated = [i for i in rows if policies[i].required_features]
+        decisions: dict[int, Decision] = {}
+        if free:
+            t = time.perf_counter()
+            for i in free:
+                decisions[i] = policies[i].decide({})
+            stages.add("policy", time.perf_counter() - t, free)
+        if gated:
+            t = time.perf_counter()
+            for i, d in zip(gated, model.draft([queries[i] for i in gated]), strict=True):
+                drafts[i] = d
+            stages.add("draft", time.perf_counter() - t, gated)
+            t = time.perf_counter()
+            for i in gated:
+                features[i] = self._served_features(queries[i], drafts[i], metadata[i], policies[i])
+            stages.add("signals", time.perf_counter() - t, gated)
+            t = time.perf_counter()
+            for i in gated:
+                decisions[i] = self._served_decision(policies[i], features[i], drafts[i])
+            stages.add("policy", time.perf_counter() - t, gated)
+
+        wants = [i for i in rows if decisions[i].retrieve]
+        passages, errors, retriever_calls = self._retrieve(queries, wants, stages)
+        lm_calls = {i: int(i in drafts) for i in rows}
+        generator_calls = dict.fromkeys(rows, 0)
+        answers: dict[int, str] = {}
+        used_passages: dict[int, list[PassageTrace]] = {}
+        if self.generator is not None:
+            t = time.perf_counter()
+            for i in rows:
+                used_passages[i] = passages.get(i, [])
+                answers[i] = self._generate(queries[i], used_passages[i])
+                generator_calls[i] = 1
+            stages.add("generate", time.perf_counter() - t, rows)
+        else:
+            closed = [i for i in rows if i not in passages]
+            need = [i for i in closed if i not in drafts]  # signal-free, or retrieval failed
+            if need:
+                t = time.perf_counter()
+                for i, d in zip(need, model.draft([queries[i] for i in need]), strict=True):
+                    drafts[i] = d
+                    lm_calls[i] += 1
+                stages.add("draft", time.perf_counter() - t, need)
+            for i in closed:
+                answers[i] = drafts[i].text
+            rag = sorted(passages)
+            if rag:
+                t = time.perf_counter()
+                outs = model.answer([queries[i] for i in rag], [passages[i] for i in rag])
+                for i, out in zip(rag, outs, strict=True):
+                    answers[i] = out.text
+                    used_passages[i] = passages[i]
+                    lm_calls[i] += 1
+                stages.add("answer_with_passages", time.perf_counter() - t, rag)
+        return self._results(
+            queries,
+            [decisions[i] for i in rows],
+            features,
+            answers,
+            used_passages,
+            {"lm": lm_calls, "retriever": retriever_calls, "generator": generator_calls},
+            stages,
+            errors,
+            request_ids,
+        )
 
 
 def per_query(name: str, values: Sequence[Any] | None, n: int) -> list[Any]:

@@ -1,13 +1,20 @@
 """Signals: pure functions from captured activations and token statistics to named features."""
 
-from knowgate.signals import consistency, sparsity, uncertainty
-from knowgate.signals.capture import ForwardCapture, PositionStates, TokenStats
+from knowgate.signals import consistency, sparsity, topk, uncertainty
+from knowgate.signals.capture import (
+    ForwardCapture,
+    PositionStates,
+    TokenProbabilities,
+    TokenStats,
+    TopKStats,
+)
 from knowgate.signals.registry import (
     POSITIONS,
     FeatureSpec,
     SignalConfig,
     VectorSignal,
     compute_features,
+    compute_served_features,
     compute_vectors,
     draft_features,
     feature_names,
@@ -17,6 +24,7 @@ from knowgate.signals.registry import (
     register_external_feature,
     register_sparsity_metric,
     register_uncertainty_feature,
+    served_hidden_feature_names,
     sparsity_by_layer,
     sparsity_table_names,
     vector_signal_name,
@@ -28,9 +36,12 @@ __all__ = [
     "ForwardCapture",
     "PositionStates",
     "SignalConfig",
+    "TokenProbabilities",
     "TokenStats",
+    "TopKStats",
     "VectorSignal",
     "compute_features",
+    "compute_served_features",
     "compute_vectors",
     "consistency",
     "draft_features",
@@ -41,9 +52,11 @@ __all__ = [
     "register_external_feature",
     "register_sparsity_metric",
     "register_uncertainty_feature",
+    "served_hidden_feature_names",
     "sparsity",
     "sparsity_by_layer",
     "sparsity_table_names",
+    "topk",
     "uncertainty",
     "vector_signal_name",
 ]

@@ -27,13 +27,13 @@ from functools import partial
 from typing import Any, Literal
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 from pydantic import Field, field_validator
 
 from knowgate.errors import SignalError
 from knowgate.schema import StrictModel
-from knowgate.signals import question, sparsity, uncertainty
-from knowgate.signals.capture import ForwardCapture, TokenStats
+from knowgate.signals import question, sparsity, topk, uncertainty
+from knowgate.signals.capture import ForwardCapture, TokenStats, TopKStats
 
 Site = Literal["hidden", "mlp"]
 Stage = Literal["prefill", "draft", "sampling", "self_report"]
@@ -43,13 +43,27 @@ Stage = Literal["prefill", "draft", "sampling", "self_report"]
 Family = Literal["sparsity", "uncertainty", "question", "consistency", "self_report"]
 Aggregate = Literal["last", "mid", "mean"]
 Position = Literal["prompt_end", "question_end", "question_mean"]
+Backend = Literal["local", "served"]
+"""Who computes a feature: ``local`` - a model loaded in this process, from its captured
+activations and full next-token distributions (:func:`compute_features`); ``served`` - a model
+behind an OpenAI-compatible server, from the top-k log-probabilities (and, where the server
+returns one, the last-layer hidden state) of its draft (:func:`compute_served_features`)."""
+Reads = Literal["full", "top2", "topk"]
+"""What an uncertainty feature reads of each next-token distribution: ``full`` - the whole
+distribution (entropy; local models only); ``top2`` - the chosen token and the top two
+(probabilities, margins; exact from a server's top-k too); ``topk`` - the top-k list a server
+returns (served models only)."""
 POSITIONS: tuple[Position, ...] = ("prompt_end", "question_end", "question_mean")
 """Where in the prompt activations are read: the last prompt token (a template token for chat
 prompts), the question's last token, and the mean over the question's tokens."""
 QUESTION_EFFECTIVE_RANK = "hidden_effective_rank_question"
 
 SparsityFn = Callable[[NDArray[np.floating], "SignalConfig"], NDArray[np.float64]]
-UncertaintyFn = Callable[[TokenStats], float]
+UncertaintyFn = Callable[[Any], float]
+"""Maps per-position stats to a float: :class:`~knowgate.signals.capture.TokenStats` for
+``full`` features, :class:`~knowgate.signals.capture.TopKStats` for ``topk`` ones, either (a
+:class:`~knowgate.signals.capture.TokenProbabilities`) for ``top2`` ones."""
+SERVED_HIDDEN_PREFIX = "served_hidden_"
 
 
 class SignalConfig(StrictModel):
@@ -178,14 +192,29 @@ class SignalConfig(StrictModel):
         )
 
 
+_BOTH: frozenset[Backend] = frozenset(("local", "served"))
+_LOCAL: frozenset[Backend] = frozenset(("local",))
+_SERVED: frozenset[Backend] = frozenset(("served",))
+
+
 @dataclass(frozen=True)
 class FeatureSpec:
-    """What a named feature is: where it comes from and when it is available."""
+    """What a named feature is: where it comes from and when it is available.
+
+    Attributes:
+        name: the feature's name.
+        family: its signal family.
+        stage: when it is available to a local model's router (a served model has every feature
+            only after its draft).
+        description: one line.
+        backends: who computes it (see :data:`Backend`).
+    """
 
     name: str
     family: Family
     stage: Stage
     description: str
+    backends: frozenset[Backend] = _LOCAL
 
 
 @dataclass(frozen=True)
@@ -200,6 +229,11 @@ class _UncertaintyFeature:
     fn: UncertaintyFn
     stage: Stage
     description: str
+    reads: Reads
+
+    @property
+    def backends(self) -> frozenset[Backend]:
+        return {"full": _LOCAL, "top2": _BOTH, "topk": _SERVED}[self.reads]
 
 
 _SPARSITY: dict[str, _SparsityMetric] = {}
@@ -216,12 +250,21 @@ def register_sparsity_metric(
 
 
 def register_uncertainty_feature(
-    name: str, fn: UncertaintyFn, stage: Stage, description: str
+    name: str, fn: UncertaintyFn, stage: Stage, description: str, *, reads: Reads = "full"
 ) -> None:
-    """Add an uncertainty feature computed from the prompt-end (prefill) or draft token stats."""
+    """Add an uncertainty feature computed from the prompt-end (prefill) or draft token stats.
+
+    Args:
+        name: the feature name.
+        fn: stats -> float (see :data:`UncertaintyFn`).
+        stage: ``prefill`` (read from the prompt-end distribution) or ``draft``.
+        description: one line.
+        reads: what ``fn`` reads of each distribution (see :data:`Reads`); it decides which
+            backends compute the feature.
+    """
     if name in _UNCERTAINTY:
         raise SignalError(f"uncertainty feature {name!r} is already registered")
-    _UNCERTAINTY[name] = _UncertaintyFeature(fn, stage, description)
+    _UNCERTAINTY[name] = _UncertaintyFeature(fn, stage, description, reads)
 
 
 def _metric(fn: Callable[[NDArray[np.floating]], NDArray[np.float64]]) -> SparsityFn:
@@ -259,10 +302,18 @@ register_uncertainty_feature(
     "next_token_entropy", uncertainty.first_entropy, "prefill", "entropy at the end of the prompt"
 )
 register_uncertainty_feature(
-    "next_token_max_prob", uncertainty.first_prob, "prefill", "max probability at end of prompt"
+    "next_token_max_prob",
+    uncertainty.first_prob,
+    "prefill",
+    "max probability at end of prompt",
+    reads="top2",
 )
 register_uncertainty_feature(
-    "next_token_margin", uncertainty.first_margin, "prefill", "top1-top2 prob at end of prompt"
+    "next_token_margin",
+    uncertainty.first_margin,
+    "prefill",
+    "top1-top2 prob at end of prompt",
+    reads="top2",
 )
 register_uncertainty_feature(
     "draft_mean_entropy", uncertainty.mean_entropy, "draft", "mean token entropy of the draft"
@@ -271,34 +322,74 @@ register_uncertainty_feature(
     "draft_max_entropy", uncertainty.max_entropy, "draft", "max token entropy of the draft"
 )
 register_uncertainty_feature(
-    "draft_min_prob", uncertainty.min_prob, "draft", "min token probability of the draft"
+    "draft_min_prob",
+    uncertainty.min_prob,
+    "draft",
+    "min token probability of the draft",
+    reads="top2",
 )
 register_uncertainty_feature(
-    "draft_mean_prob", uncertainty.mean_prob, "draft", "mean token probability of the draft"
+    "draft_mean_prob",
+    uncertainty.mean_prob,
+    "draft",
+    "mean token probability of the draft",
+    reads="top2",
 )
 register_uncertainty_feature(
-    "draft_mean_logprob", uncertainty.mean_logprob, "draft", "mean token log-prob of the draft"
+    "draft_mean_logprob",
+    uncertainty.mean_logprob,
+    "draft",
+    "mean token log-prob of the draft",
+    reads="top2",
 )
 register_uncertainty_feature(
-    "draft_perplexity", uncertainty.perplexity, "draft", "perplexity of the draft"
+    "draft_perplexity",
+    uncertainty.perplexity,
+    "draft",
+    "perplexity of the draft",
+    reads="top2",
 )
 register_uncertainty_feature(
     "next_token_logit_margin",
     uncertainty.first_logit_margin,
     "prefill",
     "top1-top2 logit at end of prompt",
+    reads="top2",
 )
 register_uncertainty_feature(
     "draft_mean_logit_margin",
     uncertainty.mean_logit_margin,
     "draft",
     "mean top1-top2 logit over the draft (TARG)",
+    reads="top2",
 )
 register_uncertainty_feature(
     "draft_min_logit_margin",
     uncertainty.min_logit_margin,
     "draft",
     "smallest top1-top2 logit over the draft",
+    reads="top2",
+)
+register_uncertainty_feature(
+    "next_token_topk_entropy",
+    topk.first_topk_entropy,
+    "prefill",
+    "entropy of the top-k probabilities at the end of the prompt, renormalised (served models)",
+    reads="topk",
+)
+register_uncertainty_feature(
+    "draft_mean_topk_entropy",
+    topk.mean_topk_entropy,
+    "draft",
+    "mean renormalised top-k entropy over the draft (served models)",
+    reads="topk",
+)
+register_uncertainty_feature(
+    "draft_max_topk_entropy",
+    topk.max_topk_entropy,
+    "draft",
+    "largest renormalised top-k entropy over the draft (served models)",
+    reads="topk",
 )
 # The draft's first token is chosen from the prefill's own next-token distribution, so any
 # "first draft token" statistic duplicates the next_token_* feature; none is registered.
@@ -483,12 +574,22 @@ def feature_specs(config: SignalConfig | None = None) -> dict[str, FeatureSpec]:
             "question's tokens (higher = more directions used)",
         )
     for name, u in _UNCERTAINTY.items():
-        specs[name] = FeatureSpec(name, "uncertainty", u.stage, u.description)
+        specs[name] = FeatureSpec(name, "uncertainty", u.stage, u.description, u.backends)
+    for name in served_hidden_feature_names():
+        metric = name.removeprefix(SERVED_HIDDEN_PREFIX)
+        specs[name] = FeatureSpec(
+            name,
+            "sparsity",
+            "draft",
+            f"{_SPARSITY[metric].description}; the last-layer hidden state a server returns with "
+            "the draft (SGLang return_hidden_states)",
+            _SERVED,
+        )
     specs.update(_EXTERNAL)
     # Question-only features need no forward pass (available before generation); compute_features
     # computes them from the question text when the configuration says ``question``.
     for name, description in question.QUESTION_FEATURES.items():
-        specs[name] = FeatureSpec(name, "question", "prefill", description)
+        specs[name] = FeatureSpec(name, "question", "prefill", description, _BOTH)
     return specs
 
 
@@ -497,16 +598,70 @@ def feature_names(
     *,
     family: Family | None = None,
     stage: Stage | None = None,
+    backend: Backend | Literal["any"] = "local",
 ) -> list[str]:
-    """Feature names, optionally restricted to a family and/or a stage.
+    """Feature names, optionally restricted to a family and/or a stage, of one backend.
 
-    ``stage="prefill"`` gives the features available to a pre-generation gate.
+    ``stage="prefill"`` gives the features available to a local pre-generation gate. By default
+    the names are those a local model provides (what :func:`compute_features` and the peer
+    runs compute); ``backend="served"`` gives those a model behind an OpenAI-compatible server
+    provides, ``backend="any"`` every registered name.
     """
     return [
         s.name
         for s in feature_specs(config).values()
-        if (family is None or s.family == family) and (stage is None or s.stage == stage)
+        if (family is None or s.family == family)
+        and (stage is None or s.stage == stage)
+        and (backend == "any" or backend in s.backends)
     ]
+
+
+def served_hidden_feature_names() -> list[str]:
+    """``served_hidden_{metric}`` for every sparsity metric of hidden states."""
+    return [f"{SERVED_HIDDEN_PREFIX}{m}" for m, spec in _SPARSITY.items() if "hidden" in spec.sites]
+
+
+def compute_served_features(
+    draft: TopKStats,
+    *,
+    next_token: TopKStats | None = None,
+    hidden: ArrayLike | None = None,
+    config: SignalConfig | None = None,
+) -> dict[str, float]:
+    """The features a served model's draft provides (``backend="served"``).
+
+    Args:
+        draft: top-k log-probabilities of the draft's answer tokens (stop token excluded; when
+            the answer is empty, the stop token, as a local draft does).
+        next_token: the first generated position (the end of the prompt); default the first
+            position of ``draft``.
+        hidden: the last-layer hidden state the server returned (``[d]``), if any; it adds the
+            ``served_hidden_*`` sparsity features.
+        config: signal settings (``near_zero_eps``).
+
+    Raises:
+        SignalError: an empty draft, or non-finite values.
+    """
+    config = config or SignalConfig()
+    first = next_token if next_token is not None else draft.slice(0, 1)
+    if len(draft) == 0 or len(first) == 0:
+        raise SignalError("a served draft needs at least one scored token")
+    out: dict[str, float] = {}
+    for name, u in _UNCERTAINTY.items():
+        if u.reads == "full":
+            continue
+        out[name] = u.fn(first if u.stage == "prefill" else draft)
+    if hidden is not None:
+        vector = np.asarray(hidden, dtype=np.float64)
+        if vector.ndim != 1 or vector.size < 2:
+            raise SignalError(f"a served hidden state must be a vector, got shape {vector.shape}")
+        for name in served_hidden_feature_names():
+            metric = _SPARSITY[name.removeprefix(SERVED_HIDDEN_PREFIX)]
+            out[name] = float(metric.fn(vector[None, :], config)[0])
+    bad = [k for k, v in out.items() if not np.isfinite(v)]
+    if bad:
+        raise SignalError(f"non-finite feature values: {bad}")
+    return out
 
 
 def _layer_rows(capture: ForwardCapture, config: SignalConfig) -> dict[str, int]:
@@ -573,6 +728,8 @@ def compute_features(
             )
         out[QUESTION_EFFECTIVE_RANK] = sparsity.effective_rank(capture.question_states)
     for name, u in _UNCERTAINTY.items():
+        if u.reads == "topk":  # a local pass keeps full distributions, not top-k lists
+            continue
         if u.stage == "prefill":
             out[name] = u.fn(capture.next_token)
         elif capture.draft is not None:
@@ -596,7 +753,11 @@ def draft_features(draft: TokenStats) -> dict[str, float]:
     Raises:
         SignalError: an empty or non-finite draft.
     """
-    out = {name: u.fn(draft) for name, u in _UNCERTAINTY.items() if u.stage == "draft"}
+    out = {
+        name: u.fn(draft)
+        for name, u in _UNCERTAINTY.items()
+        if u.stage == "draft" and u.reads != "topk"  # top-k features are a served model's
+    }
     bad = [k for k, v in out.items() if not np.isfinite(v)]
     if bad:
         raise SignalError(f"non-finite feature values: {bad}")

@@ -97,7 +97,7 @@ def shipped_features(table: LabelledTable) -> list[str]:
     """
     from knowgate.signals import SignalConfig, feature_names
 
-    router = set(feature_names(SignalConfig(), stage="prefill"))
+    router = set(feature_names(SignalConfig(), stage="prefill", backend="any"))
     return [
         n
         for n in table.features

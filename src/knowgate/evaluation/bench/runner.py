@@ -83,6 +83,7 @@ from knowgate.evaluation.datasets import QADataset
 from knowgate.evaluation.operating_rules import DEFAULT_RULE, RULES, fit_break_even
 from knowgate.evaluation.reporting import Interval
 from knowgate.evaluation.sampling import ids_digest, sample_dataset
+from knowgate.models.remote import RemoteModel
 
 if TYPE_CHECKING:
     from knowgate.models import LanguageModel
@@ -129,7 +130,7 @@ class BenchmarkResult:
 
 
 def run_branches(
-    lm: LanguageModel,
+    lm: LanguageModel | RemoteModel,
     datasets: Sequence[QADataset],
     knowledge_base: Any,
     *,
@@ -157,7 +158,9 @@ def run_branches(
         retrieval_cache: retrieval-branch cache root.
         batch_size: prompts per forward pass.
         timing_sample: questions per dataset whose closed-book stages are re-timed now (0 = keep
-            the cached times as they are, and count no signal time).
+            the cached times as they are, and count no signal time). A served model is not
+            re-timed: its cached draft times are used as they are (its server, not this
+            machine, sets them).
         peers: also run the peers branch (sampled answers, the self-report prompt).
         peer_sample: dataset name -> run the peers on a seeded sample of that many of its
             questions (the peers' K samples are the costly part); others run on every question.
@@ -197,7 +200,7 @@ def run_branches(
             retrieval.run(ds, cache_dir=retrieval_cache, batch_size=batch_size, progress=progress)
         )
         seconds[f"retrieval/{ds.name}"] = round(time.perf_counter() - start, 1)
-        if peers:
+        if peers and not isinstance(lm, RemoteModel):  # a served model: no peers branch
             start = time.perf_counter()
             size = (peer_sample or {}).get(ds.name)
             subset = sample_dataset(ds, size, seed=peer_seed) if size else ds
@@ -207,7 +210,7 @@ def run_branches(
                 )
             )
             seconds[f"peers/{ds.name}"] = round(time.perf_counter() - start, 1)
-        if timing_sample:
+        if timing_sample and not isinstance(lm, RemoteModel):
             timings[ds.name] = time_closed_book_stages(
                 lm, records, sample=timing_sample, batch_size=batch_size
             )

@@ -14,11 +14,18 @@ is kept on disk:
   already on disk).
 - **Scores are recomputed on read** from the stored answer, so fixing the scorer never requires
   re-running the model.
+
+A model behind an OpenAI-compatible server has its own runner,
+:class:`ServedClosedBookBranch`: one greedy draft with logprobs per question, recording the
+features the server's response provides, keyed by the served model's identity
+(:meth:`~knowgate.models.RemoteModel.identity`); the records have the same form, so the
+calibration study and the benchmark read them alike.
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +44,7 @@ from knowgate.evaluation.branches.cache import (
 )
 from knowgate.evaluation.datasets import QADataset, QAExample
 from knowgate.evaluation.scoring import AnswerScore, score_answer
+from knowgate.models.remote import RemoteModel
 from knowgate.signals import (
     POSITIONS,
     SignalConfig,
@@ -63,8 +71,10 @@ class ClosedBookRecord:
         score: In-Accuracy / EM / F1 of ``answer`` (recomputed from the answer on every read).
         features: every named model signal of the pass (prefill and draft stages).
         prompt_tokens: length of the closed-book prompt.
-        prefill_seconds: wall time of the batched prefill this question was part of.
-        decode_seconds: wall time of the batched decode this question was part of.
+        prefill_seconds: wall time of the batched prefill this question was part of (for a
+            served model: of the batch's draft calls, the gate's whole cost).
+        decode_seconds: wall time of the batched decode this question was part of (0 for a
+            served model: its server cannot split a draft into prefill and decode).
         batch_size: rows in that batch (per-question cost is roughly seconds / batch_size).
     """
 
@@ -107,13 +117,15 @@ def probe_layers(num_layers: int, count: int = PROBE_LAYER_COUNT) -> tuple[int, 
 
 
 def cache_key_material(
-    lm: LanguageModel, dataset: QADataset, *, max_new_tokens: int | None = None
+    lm: LanguageModel | RemoteModel, dataset: QADataset, *, max_new_tokens: int | None = None
 ) -> dict[str, Any]:
     """Everything a closed-book record depends on, as a JSON-able dict (the cache header).
 
     The retrieval and peer branches start from this dict (dropping the signal-only entries),
     so the model's identity, prompts and generation settings key every branch alike.
     """
+    if isinstance(lm, RemoteModel):
+        return served_key_material(lm, dataset, max_new_tokens=max_new_tokens)
     from knowgate.models.fingerprint import model_fingerprint
     from knowgate.signals import feature_names, sparsity_table_names
 
@@ -140,8 +152,8 @@ def cache_key_material(
             "stop_at_newline": generation.stop_at_newline,
         },
         "feature_names": sorted(
-            feature_names(RUN_SIGNALS, family="sparsity")
-            + feature_names(RUN_SIGNALS, family="uncertainty")
+            feature_names(RUN_SIGNALS, family="sparsity", backend="local")
+            + feature_names(RUN_SIGNALS, family="uncertainty", backend="local")
         ),
         "arrays": {
             "probe_hidden": {
@@ -163,6 +175,39 @@ SIGNAL_ONLY_KEYS = ("layers", "feature_names", "arrays")
 """Entries of the closed-book key that other branches' answers do not depend on."""
 
 
+def served_key_material(
+    model: RemoteModel, dataset: QADataset, *, max_new_tokens: int | None = None
+) -> dict[str, Any]:
+    """The closed-book key of a served model: its identity instead of a weights fingerprint.
+
+    The identity (:meth:`~knowgate.models.RemoteModel.identity`) holds the base URL, the model
+    name, the server's ``/models`` entry and the configured ``revision``; it contacts the
+    server. A server that swaps weights behind the same name and entry is not detected unless
+    ``remote.revision`` says so (docs/remote.md).
+    """
+    from knowgate.signals import feature_names
+
+    generation = model.config.generation
+    return {
+        "format": CACHE_FORMAT,
+        "model_id": model.model_id,
+        "served": model.identity(),
+        "prompt": model.config.prompt.model_dump(mode="json", exclude={"self_report_template"}),
+        "prompt_probe_sha256": hashlib.sha256(
+            model.format_prompt(PROBE_QUESTION).encode()
+        ).hexdigest(),
+        "generation": {
+            "max_new_tokens": max_new_tokens or generation.max_new_tokens,
+            "stop_at_newline": generation.stop_at_newline,
+        },
+        "feature_names": sorted(
+            feature_names(family="uncertainty", backend="served")
+            + feature_names(family="sparsity", backend="served")
+        ),
+        "dataset": {"name": dataset.name, "content_hash": dataset.content_hash},
+    }
+
+
 class ClosedBookBranch(BranchRunner[ClosedBookRecord]):
     """Greedy closed-book answers with every signal of the pass (the label of every gate).
 
@@ -172,6 +217,7 @@ class ClosedBookBranch(BranchRunner[ClosedBookRecord]):
 
     folder = "closed_book"
     what = "closed-book"
+    lm: LanguageModel
 
     def __init__(self, lm: LanguageModel, *, max_new_tokens: int | None = None) -> None:
         super().__init__(lm)
@@ -321,19 +367,82 @@ def load_closed_book_arrays(path: Path, dataset: QADataset) -> ClosedBookArrays:
     return out
 
 
+class ServedClosedBookBranch(BranchRunner[ClosedBookRecord]):
+    """Closed-book drafts of a served model: one greedy call with logprobs per question.
+
+    Each row records the draft, the served features, and the batch's wall time as its
+    ``prefill_seconds`` (the whole of a served gate's cost: a server cannot prefill without
+    decoding, so ``decode_seconds`` is 0). Calls of a batch run concurrently
+    (``remote.concurrency``). A draft the server ended at once (no scored token) has no
+    features; its row records why (``missing_reason``).
+    """
+
+    folder = "closed_book"
+    what = "closed-book"
+    lm: RemoteModel
+
+    def __init__(self, model: RemoteModel, *, max_new_tokens: int | None = None) -> None:
+        super().__init__(model)
+        self.max_new_tokens = max_new_tokens
+
+    def key_material(self, dataset: QADataset) -> dict[str, Any]:
+        """See :func:`served_key_material`."""
+        return served_key_material(self.lm, dataset, max_new_tokens=self.max_new_tokens)
+
+    def answer_batch(self, chunk: Sequence[QAExample]) -> list[dict[str, Any]]:
+        """One greedy draft with logprobs per question (concurrently)."""
+        start = time.perf_counter()
+        drafts = self.lm.draft([ex.question for ex in chunk], max_new_tokens=self.max_new_tokens)
+        seconds = time.perf_counter() - start
+        return [
+            {
+                "answer": d.text,
+                "stop_reason": d.stop_reason,
+                "features": d.features,
+                "prompt_tokens": d.prompt_tokens if d.prompt_tokens is not None else 0,
+                "prefill_seconds": round(seconds, 6),
+                "decode_seconds": 0.0,
+                "batch_size": len(chunk),
+                "served": {
+                    "call_seconds": round(d.seconds, 6),
+                    "retries": d.retries,
+                    "tokens": list(d.tokens),
+                    "missing_reason": d.missing_reason,
+                },
+            }
+            for d in drafts
+        ]
+
+    @classmethod
+    def parse_record(
+        cls, row: Mapping[str, Any], example: QAExample, dataset: str
+    ) -> ClosedBookRecord:
+        """A cached row as a :class:`ClosedBookRecord`, scored now."""
+        return ClosedBookBranch.parse_record(row, example, dataset)
+
+
+def closed_book_branch(
+    lm: LanguageModel | RemoteModel, *, max_new_tokens: int | None = None
+) -> ClosedBookBranch | ServedClosedBookBranch:
+    """The closed-book runner of ``lm``: a local model's pass, or a served model's draft."""
+    if isinstance(lm, RemoteModel):
+        return ServedClosedBookBranch(lm, max_new_tokens=max_new_tokens)
+    return ClosedBookBranch(lm, max_new_tokens=max_new_tokens)
+
+
 def closed_book_cache_path(
-    lm: LanguageModel,
+    lm: LanguageModel | RemoteModel,
     dataset: QADataset,
     cache_dir: Path | None = None,
     *,
     max_new_tokens: int | None = None,
 ) -> Path:
     """Where the closed-book records of ``lm`` on ``dataset`` live."""
-    return ClosedBookBranch(lm, max_new_tokens=max_new_tokens).cache_path(dataset, cache_dir)
+    return closed_book_branch(lm, max_new_tokens=max_new_tokens).cache_path(dataset, cache_dir)
 
 
 def run_closed_book(
-    lm: LanguageModel,
+    lm: LanguageModel | RemoteModel,
     dataset: QADataset,
     *,
     cache_dir: Path | None = None,
@@ -344,7 +453,8 @@ def run_closed_book(
     """Answer every question of ``dataset`` closed-book, reusing and extending the disk cache.
 
     Args:
-        lm: the model runner.
+        lm: the model runner (a local model, or a served one: see
+            :class:`ServedClosedBookBranch`).
         dataset: the questions (a ``head(n)`` of a file shares the full file's cache).
         cache_dir: cache root (default ``runs/closed_book``, see
             :func:`~knowgate.evaluation.branches.cache.default_runs_dir`).
@@ -355,7 +465,7 @@ def run_closed_book(
     Returns:
         One record per question, in dataset order.
     """
-    branch = ClosedBookBranch(lm, max_new_tokens=max_new_tokens)
+    branch = closed_book_branch(lm, max_new_tokens=max_new_tokens)
     return branch.run(dataset, cache_dir=cache_dir, batch_size=batch_size, progress=progress)
 
 

@@ -114,6 +114,7 @@ class PeerBranch(BranchRunner[PeerRecord]):
     folder = BRANCH
     what = "peer-signals"
     branch = BRANCH
+    lm: LanguageModel
 
     def __init__(
         self,

@@ -35,7 +35,14 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from knowgate.errors import ExperimentError, InputError, KnowgateError, PolicyError
+from knowgate.errors import (
+    ExperimentError,
+    InputError,
+    KnowgateError,
+    PolicyError,
+    RemoteResponseError,
+    RemoteUnavailableError,
+)
 
 if TYPE_CHECKING:
     from fastapi import FastAPI, Request
@@ -119,6 +126,10 @@ def knowgate_status(exc: KnowgateError) -> int:
     """The HTTP status of a knowgate error raised while routing."""
     if isinstance(exc, ExperimentError):
         return 409
+    if isinstance(exc, RemoteUnavailableError):  # the served model behind the router is down
+        return 503
+    if isinstance(exc, RemoteResponseError):  # it answered unusably
+        return 502
     if isinstance(exc, InputError | PolicyError | ValueError):
         return 422
     return 500
