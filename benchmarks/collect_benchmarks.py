@@ -29,6 +29,7 @@ SECTIONS = (
     ("ab.md", "A/B testing machinery (issue 7)"),
     ("serving.md", "Serving under load (issue 15)"),
     ("remote.md", "Served models: remote gating against local gating (issue 18)"),
+    ("sgicl.md", "Sparsity-guided demonstrations (SG-ICL) (issue 16)"),
 )
 
 INTRO = """# Benchmarks
