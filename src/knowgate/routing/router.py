@@ -471,14 +471,17 @@ class Router:
         """One prefill; the question's positions are located only when the signals need them.
 
         ``prompts`` are the queries' formatted prompts when the caller already has them (the
-        batch path times the choice of demonstrations as its own stage).
+        batch path times the choice of demonstrations as its own stage). A local model only: a
+        served one is routed by ``_gate_served`` / ``_route_served``.
         """
+        model = self.model
+        assert isinstance(model, LanguageModel)
         if prompts is None:
-            prompts = self.model.format_prompts(queries)
+            prompts = model.format_prompts(queries)
         prompts = list(prompts)
         if signals.needs_question_text:
-            return self.model.prefill(prompts, questions=list(queries))
-        return self.model.prefill(prompts)
+            return model.prefill(prompts, questions=list(queries))
+        return model.prefill(prompts)
 
     @staticmethod
     def _features(
