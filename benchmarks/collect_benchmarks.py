@@ -29,6 +29,8 @@ SECTIONS = (
     ("ab.md", "A/B testing machinery (issue 7)"),
     ("serving.md", "Serving under load (issue 15)"),
     ("remote.md", "Served models: remote gating against local gating (issue 18)"),
+    ("faiss.md", "FAISS at scale (issue 17)"),
+    ("ray.md", "Scaling out on Ray (issue 17)"),
     ("sgicl.md", "Sparsity-guided demonstrations (SG-ICL) (issue 16)"),
 )
 

@@ -183,8 +183,9 @@ def hnsw_copy(kb: KnowledgeBase, config: KnowledgeBaseConfig) -> tuple[Knowledge
 
     vectors = kb._dense.index.reconstruct_n(0, len(kb))
     start = time.perf_counter()
-    index = DenseIndex.create(kb.dimension, len(kb), 0, config.hnsw)
-    index.add(vectors, 0)
+    hnsw_config = kb.config.model_copy(update={"exact_search_max": 0, "hnsw": config.hnsw})
+    index = DenseIndex.create(kb.dimension, hnsw_config)
+    index.add(vectors)
     seconds = time.perf_counter() - start
     other = copy.copy(kb)
     other._dense = index

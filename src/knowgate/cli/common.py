@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from knowgate.errors import KnowgateError
 
@@ -26,7 +27,8 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except KnowgateError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        # Escaped: messages quote things like pip install 'knowgate[ray]', not Rich markup.
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(code=2) from exc
 
 

@@ -75,10 +75,22 @@ def build(
     ),
     force: bool = typer.Option(False, "--force", "-f", help="Replace an existing base at --out."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    use_ray: bool = typer.Option(
+        False,
+        "--ray",
+        help="Embed in parallel Ray actors (pip install 'knowgate[ray]'); same base as local.",
+    ),
+    workers: int = typer.Option(2, "--workers", min=1, help="With --ray: embedding actors."),
+    block_size: int = typer.Option(
+        512, "--ray-block-size", min=1, help="With --ray: passages handed to an actor at once."
+    ),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="With --ray: a running cluster (default: a local instance)."
+    ),
 ) -> None:
     """Embed and index a corpus, then save it atomically to --out."""
     from knowgate.errors import KnowledgeBaseError
-    from knowgate.retrieval import KnowledgeBase
+    from knowgate.retrieval import KnowledgeBase, KnowledgeBaseConfig
 
     with user_errors():
         if out.exists() and any(out.iterdir()) and not force:
@@ -88,7 +100,19 @@ def build(
             )
         config = _config(config_file, model, mode, skip_duplicates)
         start = time.perf_counter()
-        kb = KnowledgeBase.build(corpus, config, progress=True)
+        if use_ray:
+            from knowgate.integrations.ray import RayRuntime, ray_runtime, require_ray
+            from knowgate.integrations.ray.embedding import RayEmbeddingConfig, ray_encoder
+
+            require_ray("data")
+            resolved = config or KnowledgeBaseConfig()
+            encode = ray_encoder(
+                resolved, RayEmbeddingConfig(workers=workers, block_size=block_size)
+            )
+            with ray_runtime(RayRuntime(address=ray_address)):
+                kb = KnowledgeBase.build(corpus, resolved, progress=True, encode=encode)
+        else:
+            kb = KnowledgeBase.build(corpus, config, progress=True)
         kb.save(out)
         seconds = time.perf_counter() - start
     report = kb.last_ingest
@@ -99,6 +123,7 @@ def build(
         "skipped_empty": report.skipped_empty if report else 0,
         "skipped_duplicates": report.skipped_duplicates if report else 0,
         "seconds": round(seconds, 2),
+        "ray_workers": workers if use_ray else None,
     }
     if as_json:
         print_json(summary)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import typer
 
 from knowgate.cli.app import app
@@ -17,6 +21,10 @@ from knowgate.cli.ask import (
     load_router,
 )
 from knowgate.cli.common import console, user_errors
+
+if TYPE_CHECKING:
+    from knowgate.config import RouterConfig
+    from knowgate.integrations.serving import ServingConfig
 
 
 @app.command()
@@ -50,6 +58,20 @@ def serve(
         "--graceful-timeout",
         help="On SIGTERM/Ctrl-C, seconds to finish in-flight requests before closing.",
     ),
+    use_ray: bool = typer.Option(
+        False,
+        "--ray",
+        help="Serve replicas on Ray Serve (pip install 'knowgate[ray]'); see docs/scaling.md.",
+    ),
+    replicas: int | None = typer.Option(
+        None, "--replicas", min=1, help="With --ray: a fixed replica count (overrides config)."
+    ),
+    ray_config: Path | None = typer.Option(
+        None, "--ray-config", help="With --ray: YAML of RayServeConfig (replicas, autoscaling)."
+    ),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="With --ray: a running cluster (default: a local instance)."
+    ),
 ) -> None:
     """Serve the router over HTTP: knowgate's API, the OpenAI API (/v1), /metrics, /docs."""
     from knowgate.integrations.serving import ServingConfig, create_app
@@ -68,6 +90,9 @@ def serve(
         config = build_config(
             config_file, model=model, kb=kb, policy=policy, mode=mode, threshold=threshold, k=k
         )
+        if use_ray:
+            _serve_on_ray(config, settings, host, port, replicas, ray_config, ray_address)
+            return
         router = load_router(config)
         # An ExperimentRouter's decision log is closed (flushed) after the last request.
         close = getattr(router, "close", None)
@@ -82,3 +107,53 @@ def serve(
         f"({batching}; docs: /docs, OpenAI API: /v1)"
     )
     uvicorn.run(api, host=host, port=port, log_level="info", timeout_graceful_shutdown=graceful_s)
+
+
+def _serve_on_ray(
+    config: RouterConfig,
+    settings: ServingConfig,
+    host: str,
+    port: int,
+    replicas: int | None,
+    ray_config: Path | None,
+    ray_address: str | None,
+) -> None:
+    """Deploy the app on Ray Serve and block until Ctrl-C, then shut the deployment down."""
+    import functools
+
+    from knowgate.experiments import router_from_config
+    from knowgate.integrations.ray import RayRuntime, ray_runtime, require_ray
+
+    require_ray("serve")
+    from knowgate.integrations.ray.serving import RayServeConfig, run
+
+    deployment = RayServeConfig.from_yaml(ray_config) if ray_config else RayServeConfig()
+    if replicas is not None:
+        deployment = deployment.model_copy(update={"num_replicas": replicas, "autoscaling": None})
+    scale = (
+        f"autoscaling {deployment.autoscaling.min_replicas}-{deployment.autoscaling.max_replicas}"
+        if deployment.autoscaling
+        else f"{deployment.num_replicas} replica(s)"
+    )
+    with ray_runtime(RayRuntime(address=ray_address)):
+        from ray import serve
+
+        console.print(f"deploying knowgate on Ray Serve ({scale}); replicas load the model...")
+        run(
+            functools.partial(router_from_config, config),
+            settings,
+            deployment,
+            host=host,
+            port=port,
+        )
+        console.print(
+            f"knowgate serving {config.model.source} on http://{host}:{port} via Ray Serve "
+            f"({scale}; docs: /docs, OpenAI API: /v1). Ctrl-C stops it."
+        )
+        try:
+            while True:
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            console.print("stopping the deployment...")
+        finally:
+            serve.shutdown()

@@ -36,6 +36,30 @@ class HnswConfig(StrictModel):
     ef_search: int = Field(default=128, ge=1, le=32768)
 
 
+class IvfPqConfig(StrictModel):
+    """Inverted lists over product-quantised codes (Jegou et al. 2011), for the largest bases.
+
+    A vector is stored as ``m`` codes of ``nbits`` bits (48 bytes at the defaults, against 1,536
+    for the raw 384-dimensional float32 vector), found through ``nlist`` k-means cells of which
+    ``nprobe`` are scanned per query.
+
+    Attributes:
+        nlist: k-means cells; ``None`` picks ``4 * sqrt(size)`` rounded to a power of two, at
+            most ``size / 39`` (FAISS wants 39 training points a cell).
+        m: sub-quantizers (bytes a vector at 8 bits); must divide the dimension.
+        nbits: bits a code; 8 is FAISS's standard, fewer suit tiny test bases.
+        nprobe: cells scanned per query; more means better recall, slower queries. Runtime
+            setting.
+        train_max: most vectors k-means is trained on (a fixed random sample of them).
+    """
+
+    nlist: int | None = Field(default=None, ge=1, le=1 << 20)
+    m: int = Field(default=48, ge=1, le=1024)
+    nbits: int = Field(default=8, ge=4, le=12)
+    nprobe: int = Field(default=32, ge=1, le=1 << 20)
+    train_max: int = Field(default=262_144, ge=256)
+
+
 class Bm25Config(StrictModel):
     """Lexical scoring with BM25 (Robertson & Zaragoza 2009) via ``bm25s``.
 
@@ -109,8 +133,15 @@ class KnowledgeBaseConfig(StrictModel):
             fusion of both). The default is the mode that measured best on our four question
             sets (benchmarks/results/retrieval.md).
         exact_search_max: up to this many passages the index is exact (``IndexFlatIP``); above it,
-            HNSW. A base that grows past the threshold is converted on ``add``.
+            HNSW. A base that grows past the threshold is converted on ``add``. Exact search has
+            perfect recall and no build cost, and at the default size a query (140 ms p50 on
+            two busy cores, benchmarks/results/faiss.md) still costs far less than an answer.
+        hnsw_max: up to this many passages the index is HNSW; above it, IVF-PQ, whose memory
+            is a few percent of HNSW's at a clear recall cost (benchmarks/results/faiss.md).
+            The default keeps an HNSW index of 384-dimensional vectors under about 3.7 GB
+            (1,808 bytes a vector at M 32, measured).
         hnsw: HNSW parameters.
+        ivf_pq: IVF-PQ parameters (``nlist``, ``m`` and ``nbits`` are index-defining).
         bm25: BM25 parameters. Index-defining.
         rrf_k: the constant of reciprocal rank fusion, ``score = sum 1 / (rrf_k + rank)``;
             60 is the value of Cormack et al. (2009).
@@ -127,9 +158,20 @@ class KnowledgeBaseConfig(StrictModel):
     index_titles: bool = True
     mode: SearchMode = "hybrid"
     exact_search_max: int = Field(default=200_000, ge=0)
+    hnsw_max: int = Field(default=2_000_000, ge=0)
     hnsw: HnswConfig = HnswConfig()
+    ivf_pq: IvfPqConfig = IvfPqConfig()
     bm25: Bm25Config = Bm25Config()
     rrf_k: int = Field(default=60, ge=0)
     fusion_depth: int = Field(default=100, ge=1)
     splitter: SplitterConfig = SplitterConfig()
     on_duplicate: Literal["error", "skip"] = "error"
+
+    @model_validator(mode="after")
+    def _thresholds_in_order(self) -> KnowledgeBaseConfig:
+        if self.hnsw_max < self.exact_search_max:
+            raise ValueError(
+                f"hnsw_max ({self.hnsw_max}) must be at least exact_search_max "
+                f"({self.exact_search_max})"
+            )
+        return self

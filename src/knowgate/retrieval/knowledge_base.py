@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -91,6 +91,7 @@ class KnowledgeBase:
         config: KnowledgeBaseConfig | None = None,
         *,
         progress: bool = True,
+        encode: Callable[[list[str]], np.ndarray] | None = None,
     ) -> KnowledgeBase:
         """Embed and index a corpus.
 
@@ -99,9 +100,15 @@ class KnowledgeBase:
                 and/or :class:`Document` objects.
             config: embedding model, index and splitter settings (defaults if ``None``).
             progress: show progress bars while tokenising and embedding.
+            encode: embeds the index texts (in order, one unit vector a text) instead of this
+                process's embedder - e.g. on a Ray cluster
+                (:func:`knowgate.integrations.ray.embedding.ray_encoder`). It must use
+                ``config.embedding_model``: the base records that model and embeds queries
+                with it. Everything else (ingest, index, BM25, manifest) is the local path's.
 
         Raises:
-            KnowledgeBaseError: no non-empty documents were found.
+            KnowledgeBaseError: no non-empty documents were found, or ``encode`` returned the
+                wrong number of vectors.
             DataError: a source is missing or malformed, or an id repeats.
         """
         config = config or KnowledgeBaseConfig()
@@ -114,12 +121,14 @@ class KnowledgeBase:
             raise KnowledgeBaseError(
                 f"nothing to index: the sources hold no non-empty documents ({report.summary()})"
             )
-        embedder = _embedder(config)
-        vectors = embedder.encode(_index_texts(documents, config), progress=progress)
-        dense = DenseIndex.create(
-            int(vectors.shape[1]), len(documents), config.exact_search_max, config.hnsw
-        )
-        dense.add(vectors, config.exact_search_max)
+        embedder = embedder_for(config)
+        texts = _index_texts(documents, config)
+        if encode is None:
+            vectors = embedder.encode(texts, progress=progress)
+        else:
+            vectors = _checked_vectors(encode(texts), len(texts), embedder.model_id)
+        dense = DenseIndex.create(int(vectors.shape[1]), config)
+        dense.add(vectors)
         lexical = LexicalIndex.build(
             _index_texts(documents, config), config.bm25, progress=progress
         )
@@ -138,8 +147,9 @@ class KnowledgeBase:
         """Append documents; the base stays valid and searchable (save it to persist).
 
         The new documents are embedded and added to the FAISS index (an exact index grows into
-        HNSW past ``exact_search_max``), and BM25 is re-indexed over all documents, since
-        ``bm25s`` cannot add to an index. Ids already in the base follow ``on_duplicate``.
+        HNSW past ``exact_search_max``, HNSW into IVF-PQ past ``hnsw_max``), and BM25 is
+        re-indexed over all documents, since ``bm25s`` cannot add to an index. Ids already in
+        the base follow ``on_duplicate``.
 
         Returns:
             What was added and skipped.
@@ -153,7 +163,7 @@ class KnowledgeBase:
         lexical = LexicalIndex.build(
             _index_texts(all_documents, self.config), self.config.bm25, progress=progress
         )
-        self._dense.add(vectors, self.config.exact_search_max)
+        self._dense.add(vectors)
         for row, doc in enumerate(documents, start=len(self._documents)):
             self._rows[doc.id] = row
         self._documents = all_documents
@@ -203,6 +213,7 @@ class KnowledgeBase:
         files = {p.relative_to(directory).as_posix(): file_record(p) for p in paths}
         dense = self._dense
         hnsw = dense.index_type == "hnsw"
+        ivf = dense.ivf_params
         manifest = Manifest(
             format=FORMAT_NAME,
             format_version=FORMAT_VERSION,
@@ -214,8 +225,11 @@ class KnowledgeBase:
             normalized=True,
             index=IndexRecord(
                 type=dense.index_type,
-                hnsw_m=dense.hnsw.m if hnsw else None,
-                hnsw_ef_construction=dense.hnsw.ef_construction if hnsw else None,
+                hnsw_m=self.config.hnsw.m if hnsw else None,
+                hnsw_ef_construction=self.config.hnsw.ef_construction if hnsw else None,
+                ivf_nlist=ivf[0] if ivf else None,
+                pq_m=ivf[1] if ivf else None,
+                pq_nbits=ivf[2] if ivf else None,
             ),
             document_count=len(self),
             config=self.config.model_dump(mode="json"),
@@ -246,7 +260,7 @@ class KnowledgeBase:
         saved = _saved_config(directory, manifest)
         config = _effective_config(saved, config, manifest, directory)
 
-        dense = DenseIndex.read(directory / INDEX_FILE, config.hnsw)
+        dense = DenseIndex.read(directory / INDEX_FILE, config)
         if dense.dimension != manifest.dimension:
             raise KnowledgeBaseError(
                 f"{directory}: the FAISS index has dimension {dense.dimension} but the manifest "
@@ -256,6 +270,12 @@ class KnowledgeBase:
             raise KnowledgeBaseError(
                 f"{directory}: the FAISS index is {dense.index_type} but the manifest says "
                 f"{manifest.index.type}"
+            )
+        recorded = (manifest.index.ivf_nlist, manifest.index.pq_m, manifest.index.pq_nbits)
+        if dense.ivf_params is not None and dense.ivf_params != recorded:
+            raise KnowledgeBaseError(
+                f"{directory}: the IVF-PQ index has (nlist, m, nbits) {dense.ivf_params} but the "
+                f"manifest says {recorded}; the base is inconsistent, rebuild it"
             )
         documents = read_documents(directory / DOCUMENTS_FILE)
         lexical = LexicalIndex.load(directory / BM25_DIR, config.bm25)
@@ -270,7 +290,7 @@ class KnowledgeBase:
                     f"{directory}: {name} holds {count} documents but the manifest says "
                     f"{manifest.document_count}; the base is inconsistent, rebuild it"
                 )
-        embedder = _embedder(config)
+        embedder = embedder_for(config)
         kb = cls(
             config=config,
             documents=documents,
@@ -353,7 +373,7 @@ class KnowledgeBase:
 
     @property
     def index_type(self) -> str:
-        """``flat`` (exact) or ``hnsw``."""
+        """``flat`` (exact), ``hnsw`` or ``ivf_pq`` (chosen by size, see ``DenseIndex``)."""
         return self._dense.index_type
 
     @property
@@ -387,6 +407,7 @@ class KnowledgeBase:
             "normalized": True,
             "index_type": self.index_type,
             "hnsw": self.config.hnsw.model_dump() if self.index_type == "hnsw" else None,
+            "ivf_pq": self.config.ivf_pq.model_dump() if self.index_type == "ivf_pq" else None,
             "mode": self.config.mode,
             "bm25": self.config.bm25.model_dump(),
             "created_at": self._created_at,
@@ -430,7 +451,19 @@ def _index_texts(documents: Sequence[Document], config: KnowledgeBaseConfig) -> 
     ]
 
 
-def _embedder(config: KnowledgeBaseConfig) -> Embedder:
+def _checked_vectors(vectors: np.ndarray, count: int, model_id: str) -> np.ndarray:
+    """Vectors from an outside encoder: one finite row a text, as float32."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or len(vectors) != count:
+        raise KnowledgeBaseError(
+            f"the encoder returned vectors of shape {vectors.shape} for {count} texts "
+            f"(embedding model {model_id!r}); expected one row a text"
+        )
+    return vectors
+
+
+def embedder_for(config: KnowledgeBaseConfig) -> Embedder:
+    """The embedder a base with ``config`` uses (model, device, batch size, downloads)."""
     return Embedder(
         config.embedding_model,
         device=config.device,
@@ -474,8 +507,16 @@ def _effective_config(
     hnsw = requested.hnsw.model_copy(
         update={"m": saved.hnsw.m, "ef_construction": saved.hnsw.ef_construction}
     )
+    ivf_pq = requested.ivf_pq.model_copy(
+        update={"nlist": saved.ivf_pq.nlist, "m": saved.ivf_pq.m, "nbits": saved.ivf_pq.nbits}
+    )
     effective = requested.model_copy(
-        update={"index_titles": saved.index_titles, "bm25": saved.bm25, "hnsw": hnsw}
+        update={
+            "index_titles": saved.index_titles,
+            "bm25": saved.bm25,
+            "hnsw": hnsw,
+            "ivf_pq": ivf_pq,
+        }
     )
     differing = [
         name
@@ -484,6 +525,9 @@ def _effective_config(
             ("bm25", requested.bm25, saved.bm25),
             ("hnsw.m", requested.hnsw.m, saved.hnsw.m),
             ("hnsw.ef_construction", requested.hnsw.ef_construction, saved.hnsw.ef_construction),
+            ("ivf_pq.nlist", requested.ivf_pq.nlist, saved.ivf_pq.nlist),
+            ("ivf_pq.m", requested.ivf_pq.m, saved.ivf_pq.m),
+            ("ivf_pq.nbits", requested.ivf_pq.nbits, saved.ivf_pq.nbits),
         )
         if ours != theirs
     ]

@@ -34,12 +34,19 @@ class FileRecord(StrictModel):
 
 
 class IndexRecord(StrictModel):
-    """The FAISS index: type, metric and (for HNSW) graph parameters."""
+    """The FAISS index: type, metric and its kind's parameters (HNSW graph, IVF-PQ codes).
 
-    type: Literal["flat", "hnsw"]
+    ``ivf_pq`` and its fields were added without a format-version bump: a base of the older
+    kinds reads the same, and an older knowgate rejects an ``ivf_pq`` base with a schema error.
+    """
+
+    type: Literal["flat", "hnsw", "ivf_pq"]
     metric: Literal["inner_product"] = "inner_product"
     hnsw_m: int | None = None
     hnsw_ef_construction: int | None = None
+    ivf_nlist: int | None = None
+    pq_m: int | None = None
+    pq_nbits: int | None = None
 
 
 class Manifest(StrictModel):
