@@ -77,6 +77,11 @@ class FakeLM:
     def format_prompt(self, question, passages=None):
         return f"{self.config.prompt.system_prompt}\nQ: {question}\nA:"
 
+    def format_prompts(self, questions):
+        return [self.format_prompt(q) for q in questions]
+
+    demonstrations = None  # fixed shots: no selector
+
     def prefill(self, prompts, *, questions=None):
         assert questions is not None and len(questions) == len(prompts)
         self.prompts_run.extend(prompts)

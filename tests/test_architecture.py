@@ -29,6 +29,7 @@ FLOORS: dict[str, int] = {
     "signals": 1,
     "policy": 1,
     "retrieval": 1,
+    "prompting": 1,
     "models": 2,
     "config": 2,
     "routing": 3,

@@ -26,7 +26,6 @@ from knowgate.evaluation.branches.closed_book import (
 from knowgate.evaluation.branches.peers import PeerBranch, peer_key_material
 from knowgate.evaluation.branches.retrieval import RetrievalBranch, retrieval_key_material
 from knowgate.evaluation.datasets import QADataset, QAExample, load_dataset
-from knowgate.models.config import PromptConfig
 
 PROBE = "What is the capital of France?"
 KB = {"manifest": "manifest.json", "sha256": "ab" * 32, "documents": 3, "embedding_model": "e"}
@@ -84,7 +83,17 @@ def test_closed_book_key_material_is_pinned(dataset) -> None:
     assert material["dtype"] == lm.config.dtype
     assert material["layers"] == [0, 1, 2, 3]
     # the self-report prompt keys the peer cache only
-    assert set(material["prompt"]) == set(PromptConfig.model_fields) - {"self_report_template"}
+    # demonstrations key the caches in their own entry, and only when chosen per question, so
+    # the prompt entry of fixed-shot caches is what it was before demonstration selection existed
+    assert set(material["prompt"]) == {
+        "style",
+        "system_prompt",
+        "rag_system_prompt",
+        "few_shot_examples",
+        "passage_template",
+        "max_passage_chars",
+    }
+    assert "demonstrations" not in material
     assert material["prompt"]["system_prompt"] == "Answer briefly."
     assert material["prompt_probe_sha256"] == sha(f"Answer briefly.\nQ: {PROBE}\nA:")
     generation = lm.config.generation

@@ -79,6 +79,12 @@ def test_tiny_random_models(arch, smollm) -> None:
     single = lm.prefill([prompts[1]]).captures[0]
     for i in range(n_layers - 1):
         np.testing.assert_allclose(single.hidden[i], ref[i + 1][0, -1].numpy(), atol=1e-4)
+    # The last of hidden_states is the final norm's output: the state demonstration selection
+    # reads (the norm is found beside the blocks: norm, ln_f, final_layernorm).
+    assert lm.layout.final_norm is not None
+    np.testing.assert_allclose(
+        lm.final_hidden_states([prompts[1]])[0], ref[-1][0, -1].numpy(), atol=1e-4
+    )
     # Left-padded batch row equals the one-by-one capture.
     np.testing.assert_allclose(outs[1].capture.hidden, single.hidden, atol=1e-4)
 

@@ -151,8 +151,9 @@ class RouterConfig(StrictModel):
 def load_config(path: str | Path | None = None) -> RouterConfig:
     """Load a router config from YAML; ``None`` gives the defaults.
 
-    Relative paths inside the file (``policy.path``, ``retrieval.knowledge_base``) are resolved
-    against the file's directory, so a config works from any working directory.
+    Relative paths inside the file (``policy.path``, ``retrieval.knowledge_base``,
+    ``model.prompt.demonstrations.pool`` and ``.cache_dir``) are resolved against the file's
+    directory, so a config works from any working directory.
     """
     if path is None:
         return RouterConfig()
@@ -165,7 +166,21 @@ def load_config(path: str | Path | None = None) -> RouterConfig:
             if not value.is_absolute():
                 block[key] = str((path.parent / value).resolve())
     _resolve_experiment_paths(data.get("experiment"), path.parent)
+    _resolve_demonstration_paths(data.get("model"), path.parent)
     return RouterConfig.from_dict(data, source=str(path))
+
+
+def _resolve_demonstration_paths(model: Any, base: Path) -> None:
+    """Resolve ``model.prompt.demonstrations.pool`` and its ``cache_dir`` against ``base``."""
+    prompt = model.get("prompt") if isinstance(model, dict) else None
+    block = prompt.get("demonstrations") if isinstance(prompt, dict) else None
+    if not isinstance(block, dict):
+        return
+    for key in ("pool", "cache_dir"):
+        if isinstance(block.get(key), str):
+            value = Path(block[key]).expanduser()
+            if not value.is_absolute():
+                block[key] = str((base / value).resolve())
 
 
 def _resolve_experiment_paths(block: Any, base: Path) -> None:

@@ -206,3 +206,13 @@ def token_f1(prediction: str, reference: str) -> float:
         return 0.0
     precision, recall = overlap / len(pred), overlap / len(ref)
     return 2 * precision * recall / (precision + recall)
+
+
+def normalize_question(text: str) -> str:
+    """Lower-cased, whitespace-collapsed question: the key that finds the same question twice.
+
+    ``popqa_random`` and ``popqa_h2`` share 64 questions under different ids; cross-validation
+    groups by this key so a question never sits on both sides of a split, and a demonstration
+    pool never holds a question that is evaluated.
+    """
+    return " ".join(text.lower().split())

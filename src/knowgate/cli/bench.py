@@ -52,6 +52,13 @@ def _machine() -> dict[str, Any]:
 @app.command()
 def bench(
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help=MODEL_HELP),
+    config_file: Path | None = typer.Option(
+        None,
+        "--config",
+        "-c",
+        help="Router YAML whose model section (source, prompt - demonstrations included - and "
+        "generation) is benchmarked instead of --model.",
+    ),
     data: list[str] = typer.Option(
         ...,
         "--data",
@@ -148,6 +155,12 @@ def bench(
         check_calibration(calibration)
         samples = _parse_samples(sample)
         peer_samples = _parse_samples(peer_sample, "--peer-sample")
+        model_config = None
+        if config_file is not None:  # read first: a bad config fails before any long load
+            from knowgate.config import load_config
+
+            model_config = load_config(config_file).model
+            model = model_config.source
         names = dataset_names(data)
         datasets = []
         for name in names:
@@ -166,7 +179,7 @@ def bench(
             raise ConfigError(f"--out {out} exists and is not a directory")
         started = time.perf_counter()
         knowledge_base = KnowledgeBase.load(kb)
-        lm = load_language_model(model)
+        lm = load_language_model(model_config or model)
         table, phase_seconds, timings = run_branches(
             lm,
             datasets,
@@ -197,6 +210,7 @@ def bench(
             progress=progress,
         )
         command = ["knowgate", "bench", "--model", model]
+        command += ["--config", str(config_file)] if config_file is not None else []
         for name in names:
             command += ["--data", name]
         command += ["--kb", str(kb), "--out", str(out), "--folds", str(folds)]

@@ -15,7 +15,7 @@ from rich.markup import escape
 from knowgate.errors import KnowgateError
 
 if TYPE_CHECKING:
-    from knowgate.models import LanguageModel, RemoteModel
+    from knowgate.models import LanguageModel, ModelConfig, RemoteModel
 
 console = Console(stderr=True)
 T = TypeVar("T")
@@ -49,19 +49,22 @@ MODEL_HELP = (
 )
 
 
-def load_language_model(source: str) -> LanguageModel | RemoteModel:
+def load_language_model(source: str | ModelConfig) -> LanguageModel | RemoteModel:
     """Load a model, showing a spinner (the first load of a GGUF model dequantizes it).
 
-    ``source`` is a model source, or a router YAML config whose ``model`` section is used. A
-    served model (``openai:<base_url>#<model>`` or a ``model.remote`` section) loads nothing:
-    its server is asked for its ``/models`` entry, so a wrong URL or name fails here.
+    ``source`` is a model source, a router YAML config whose ``model`` section is used, or an
+    already read model section. A served model (``openai:<base_url>#<model>`` or a
+    ``model.remote`` section) loads nothing: its server is asked for its ``/models`` entry, so a
+    wrong URL or name fails here.
     """
     from pathlib import Path
 
     from knowgate.config import load_config
     from knowgate.models import LanguageModel, ModelConfig, RemoteModel
 
-    if source.endswith((".yaml", ".yml")) and Path(source).is_file():
+    if isinstance(source, ModelConfig):
+        config = source
+    elif source.endswith((".yaml", ".yml")) and Path(source).is_file():
         config = load_config(source).model
     else:
         config = ModelConfig(source=source)

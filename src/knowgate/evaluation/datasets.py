@@ -19,6 +19,7 @@ from typing import Any
 
 from knowgate.errors import DataError
 from knowgate.jsonio import iter_jsonl
+from knowgate.text import normalize_question
 
 DATA_DIR_ENV_VAR = "KNOWGATE_DATA_DIR"
 
@@ -27,15 +28,6 @@ def default_data_dir() -> Path:
     """``$KNOWGATE_DATA_DIR`` if set, else ``../shared/data`` relative to the working directory."""
     env = os.environ.get(DATA_DIR_ENV_VAR)
     return Path(env).expanduser() if env else Path.cwd().parent / "shared" / "data"
-
-
-def normalize_question(text: str) -> str:
-    """Lower-cased, whitespace-collapsed question: the key that finds the same question twice.
-
-    ``popqa_random`` and ``popqa_h2`` share 64 questions under different ids; cross-validation
-    groups by this key so a question never sits on both sides of a split.
-    """
-    return " ".join(text.lower().split())
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from knowgate.errors import ConfigError, UnsupportedArchitectureError
 
 MLP_NAMES = ("mlp", "feed_forward", "ffn")
 DOWN_PROJECTION_NAMES = ("down_proj", "c_proj", "fc2", "dense_4h_to_h", "w2", "fc_out")
+FINAL_NORM_NAMES = ("norm", "final_layernorm", "ln_f", "final_norm", "norm_f")
 
 
 @dataclass(frozen=True)
@@ -27,11 +28,15 @@ class BlockLayout:
         architecture: ``config.model_type`` (e.g. ``llama``), for messages and traces.
         blocks: the decoder blocks in order; their output is the residual stream.
         down_projections: per block, the module whose input is the MLP intermediate activation.
+        final_norm: the norm applied to the last block's output before the LM head (a sibling of
+            the block list named like :data:`FINAL_NORM_NAMES`), or ``None`` if not found. Its
+            output is what transformers reports as the last of ``hidden_states``.
     """
 
     architecture: str
     blocks: tuple[nn.Module, ...]
     down_projections: tuple[nn.Module, ...]
+    final_norm: nn.Module | None = None
 
     @property
     def num_layers(self) -> int:
@@ -66,7 +71,16 @@ def discover_layout(model: nn.Module) -> BlockLayout:
             f"({type(model).__name__}): no ModuleList of {n_layers} layers"
         )
     # The outermost matching list (shortest dotted path) is the block stack.
-    _, blocks = min(candidates, key=lambda item: item[0].count("."))
+    blocks_name, blocks = min(candidates, key=lambda item: item[0].count("."))
+    parent = model.get_submodule(blocks_name.rpartition(".")[0])
+    final_norm = next(
+        (
+            getattr(parent, n)
+            for n in FINAL_NORM_NAMES
+            if isinstance(getattr(parent, n, None), nn.Module)
+        ),
+        None,
+    )
     downs = []
     for i, block in enumerate(blocks):
         mlp = next((getattr(block, n) for n in MLP_NAMES if hasattr(block, n)), None)
@@ -82,7 +96,7 @@ def discover_layout(model: nn.Module) -> BlockLayout:
                 f"named {DOWN_PROJECTION_NAMES}"
             )
         downs.append(down)
-    return BlockLayout(arch, tuple(blocks), tuple(downs))
+    return BlockLayout(arch, tuple(blocks), tuple(downs), final_norm)
 
 
 def select_layers(layers: str | tuple[int, ...], num_layers: int) -> tuple[int, ...]:

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
+from knowgate.prompting.config import DemonstrationConfig
 from knowgate.schema import StrictModel
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -60,6 +61,9 @@ class PromptConfig(StrictModel):
             context window of small models.
         self_report_template: the question for the self-routing peer ("can you answer this from
             memory?"), with a ``{question}`` field; the model's P(yes) is the signal.
+        demonstrations: how ``few_shot`` prompts choose their examples: ``fixed`` (default) shows
+            ``few_shot_examples``; other strategies pick them per question from a pool
+            (:class:`knowgate.prompting.DemonstrationConfig`, docs/prompting.md).
     """
 
     style: Literal["auto", "chat", "few_shot"] = "auto"
@@ -69,6 +73,7 @@ class PromptConfig(StrictModel):
     passage_template: str = "[{index}] {title}: {text}"
     max_passage_chars: int = Field(default=800, ge=50)
     self_report_template: str = DEFAULT_SELF_REPORT_TEMPLATE
+    demonstrations: DemonstrationConfig = DemonstrationConfig()
 
     @field_validator("self_report_template")
     @classmethod

@@ -15,14 +15,25 @@ import os
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from knowgate.errors import ModelLoadError
 from knowgate.models.cache import sha256_file
+from knowgate.models.config import ModelConfig
 from knowgate.models.loading import resolve_source
 
-if TYPE_CHECKING:
-    from knowgate.models.language_model import LanguageModel
+
+class Fingerprinted(Protocol):
+    """What a fingerprint reads: a model's configured source, its id and its weights.
+
+    A :class:`~knowgate.models.LanguageModel` (declared structurally, so the language model
+    can ask for its own fingerprint without an import cycle).
+    """
+
+    config: ModelConfig
+    model_id: str
+    model: Any
+
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +62,7 @@ def _hash_parameters(model: Any) -> str:
     return digest.hexdigest()
 
 
-def model_fingerprint(lm: LanguageModel) -> str:
+def model_fingerprint(lm: Fingerprinted) -> str:
     """A string that changes when the model's weights change (memoised per instance).
 
     Packaged and GGUF models: SHA-256 of the GGUF file. Local directories: digests of the config,
@@ -86,3 +97,13 @@ def model_fingerprint(lm: LanguageModel) -> str:
         fingerprint = f"hub:{revision or 'unpinned'}"
     _FINGERPRINTS[lm] = fingerprint
     return fingerprint
+
+
+def inherit_fingerprint(parent: Fingerprinted, child: Fingerprinted) -> None:
+    """Let ``child`` (the same weights under another prompt) reuse ``parent``'s fingerprint.
+
+    Used by :meth:`knowgate.models.LanguageModel.with_prompt`; a no-op until the parent's is
+    computed.
+    """
+    if parent in _FINGERPRINTS and child.model is parent.model:
+        _FINGERPRINTS[child] = _FINGERPRINTS[parent]

@@ -9,10 +9,13 @@ token's log-probability and the top-1/top-2 margin. ``run`` does both. A pre-gen
 
 from __future__ import annotations
 
+import copy
 import functools
+import hashlib
 import inspect
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -22,12 +25,14 @@ import torch
 from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
-from knowgate.errors import InputError, KnowgateError
+from knowgate.errors import ConfigError, InputError, KnowgateError
 from knowgate.models.architecture import BlockLayout, discover_layout, select_layers
-from knowgate.models.config import DEFAULT_MODEL, ModelConfig
+from knowgate.models.config import DEFAULT_MODEL, ModelConfig, PromptConfig
 from knowgate.models.hooks import PROMPT_END, QuestionSpans, capture_positions
 from knowgate.models.loading import load_pretrained
 from knowgate.models.prompts import PassageLike, PromptFormatter
+from knowgate.prompting import DemonstrationSelector
+from knowgate.prompting.config import SparsityPrompt
 from knowgate.signals import (
     ForwardCapture,
     PositionStates,
@@ -36,8 +41,12 @@ from knowgate.signals import (
     TopKStats,
     compute_features,
 )
+from knowgate.signals.sparsity import l0_density
 
 StopReason = Literal["eos", "newline", "length"]
+DENSITY_MEMO_SIZE = 65536
+SPARSITY_PROBE_QUESTION = "What is the capital of France?"
+"""Rendered into the sparsity prompt whose hash keys pool scores (so prompt changes count)."""
 
 TokenCallback = Callable[[int, int], None]
 """``on_token(row, token_id)``: one decode step's token for one row that had not finished.
@@ -172,6 +181,8 @@ class LanguageModel:
         # ``past_key_values``.
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self._device = next(model.parameters()).device
+        self._density_memo: OrderedDict[str, float] = OrderedDict()
+        self._selector: DemonstrationSelector | None = None
 
     @classmethod
     def load(cls, source: str | ModelConfig = DEFAULT_MODEL) -> LanguageModel:
@@ -179,6 +190,21 @@ class LanguageModel:
         config = source if isinstance(source, ModelConfig) else ModelConfig(source=source)
         model, tokenizer, resolved = load_pretrained(config)
         return cls(model, tokenizer, model_id=resolved.model_id, config=config)
+
+    def with_prompt(self, prompt: PromptConfig) -> LanguageModel:
+        """The same model with another prompt configuration (no reload).
+
+        The two share the weights, the lock that serialises forward passes, the stop-token
+        tables and the memo of sparsity-prompt densities; only prompts differ.
+        """
+        from knowgate.models.fingerprint import inherit_fingerprint
+
+        sibling = copy.copy(self)
+        sibling.config = self.config.model_copy(update={"prompt": prompt})
+        sibling.formatter = PromptFormatter(prompt, self.tokenizer)
+        sibling._selector = None
+        inherit_fingerprint(self, sibling)
+        return sibling
 
     # ----------------------------------------------------------------------------- properties
     @property
@@ -203,8 +229,142 @@ class LanguageModel:
 
     # ------------------------------------------------------------------------------- prompts
     def format_prompt(self, question: str, passages: Sequence[PassageLike] | None = None) -> str:
-        """Closed-book prompt, or retrieval-augmented prompt when ``passages`` are given."""
-        return self.formatter.format(question, passages)
+        """Closed-book prompt, or retrieval-augmented prompt when ``passages`` are given.
+
+        With a demonstration strategy other than ``fixed``, the few-shot examples are the
+        question's chosen demonstrations (the same for its closed-book and retrieval prompts).
+        """
+        selector = self.demonstrations
+        if selector is None:
+            return self.formatter.format(question, passages)
+        return self.formatter.format(question, passages, shots=selector.select([question])[0])
+
+    def format_prompts(self, questions: Sequence[str]) -> list[str]:
+        """Closed-book prompts of many questions (demonstrations chosen in one batch)."""
+        if isinstance(questions, str):
+            raise InputError("format_prompts() takes a list of questions")
+        selector = self.demonstrations
+        if selector is None:
+            return [self.formatter.format(q) for q in questions]
+        chosen = selector.select(questions)
+        return [self.formatter.format(q, shots=s) for q, s in zip(questions, chosen, strict=True)]
+
+    @property
+    def demonstrations(self) -> DemonstrationSelector | None:
+        """The demonstration selector (``None`` for the ``fixed`` strategy).
+
+        Built on first use: the pool is loaded and scored (density and embedding of every
+        example), from the cache under ``<cache_dir>/demonstrations/`` when it is there.
+
+        Raises:
+            ConfigError: a chat-style prompt, or the last decoder block is not captured.
+        """
+        config = self.config.prompt.demonstrations
+        if not config.selects:
+            return None
+        if self._selector is None:
+            with self._lock:
+                if self._selector is None:
+                    self._selector = self._build_selector()
+        return self._selector
+
+    def _build_selector(self) -> DemonstrationSelector:
+        from knowgate.models.cache import default_cache_dir
+        from knowgate.models.fingerprint import model_fingerprint
+        from knowgate.retrieval.embedder import Embedder
+
+        config = self.config.prompt.demonstrations
+        if self.formatter.style != "few_shot":
+            raise ConfigError(
+                f"demonstration strategy {config.strategy!r} needs few-shot prompts; "
+                f"{self.model_id} uses chat prompts (set prompt.style: few_shot, or "
+                "strategy: fixed)"
+            )
+        last = self._last_layer_row()
+        probe = self.formatter.sparsity_prompt(SPARSITY_PROBE_QUESTION, config.sparsity_prompt)
+        identity = {
+            "model_id": self.model_id,
+            "model_fingerprint": model_fingerprint(self),
+            "dtype": self.config.dtype,
+            "layer": self.layers[last],
+            "sparsity_prompt": config.sparsity_prompt,
+            "sparsity_prompt_probe_sha256": hashlib.sha256(probe.encode()).hexdigest(),
+        }
+        embedder = Embedder(config.embedding_model)
+        return DemonstrationSelector.build(
+            config,
+            identity=identity,
+            cache_dir=(self.config.cache_dir or default_cache_dir()) / "demonstrations",
+            density_fn=self.sparsity_density,
+            embed_fn=embedder.encode,
+            embedding_model_id=embedder.model_id,
+        )
+
+    def _last_layer_row(self) -> int:
+        last = self.layout.num_layers - 1
+        if last not in self.layers:
+            raise ConfigError(
+                f"demonstration selection reads the last decoder block ({last}), which is not "
+                f"captured (layers: {list(self.layers)}); add -1 to model.layers"
+            )
+        return self.layers.index(last)
+
+    def sparsity_density(
+        self, questions: Sequence[str], kind: SparsityPrompt | None = None
+    ) -> NDArray[np.float64]:
+        """Each question's density on its sparsity prompt (memoised per prompt text).
+
+        The density is :func:`knowgate.signals.sparsity.l0_density` of the model's last hidden
+        state at the last prompt token *after the final norm* - what transformers returns as
+        ``hidden_states[-1]``, the state Jin et al.'s SG-ICL code reads. (The block output
+        before the norm, ``hidden_l0_density_last``, is dominated by a few massive activations
+        in some models - Gemma-3 - and then takes only a handful of values.) The prompt is
+        :meth:`PromptFormatter.sparsity_prompt` of ``kind`` (default: the demonstration config's
+        ``sparsity_prompt``). Prompts not seen before are prefilled in batches of
+        ``generation.batch_size``; nothing is decoded.
+
+        Raises:
+            ConfigError: the last block is not captured, or the model's final norm was not found.
+        """
+        kind = kind or self.config.prompt.demonstrations.sparsity_prompt
+        prompts = [self.formatter.sparsity_prompt(q, kind) for q in questions]
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._density_memo]
+        size = self.config.generation.batch_size
+        for start in range(0, len(missing), size):
+            chunk = missing[start : start + size]
+            states = self.final_hidden_states(chunk)
+            for prompt, state in zip(chunk, states, strict=True):
+                self._density_memo[prompt] = float(l0_density(state))
+        values = np.array([self._density_memo[p] for p in prompts], dtype=np.float64)
+        while len(self._density_memo) > DENSITY_MEMO_SIZE:
+            self._density_memo.popitem(last=False)
+        return values
+
+    def final_hidden_states(self, prompts: Sequence[str]) -> NDArray[np.float32]:
+        """``[B, d]`` last hidden state at each prompt's last token, after the final norm.
+
+        One prefill with capture hooks; the final norm is applied to the captured output of the
+        last decoder block (equal to transformers' ``hidden_states[-1]`` at that token).
+
+        Raises:
+            ConfigError: the last block is not captured, or the model's final norm was not found.
+        """
+        row = self._last_layer_row()
+        norm = self.layout.final_norm
+        if norm is None:
+            raise ConfigError(
+                f"cannot find the final norm of architecture {self.architecture!r} (a module "
+                "named norm, final_layernorm, ln_f, ... beside the decoder blocks)"
+            )
+        pre = self.prefill(prompts)
+        pre.consumed = True  # nothing is decoded; the KV cache goes with the prefill
+        hidden = np.stack([c.hidden[row] for c in pre.captures])
+        param = next(norm.parameters(), None)
+        dtype = param.dtype if param is not None else torch.float32
+        with self._lock, torch.inference_mode():
+            x = torch.from_numpy(hidden).to(device=self._device, dtype=dtype)[:, None, :]
+            out = norm(x)[:, 0, :].float().cpu().numpy()
+        return np.asarray(out, dtype=np.float32)
 
     def count_tokens(self, text: str) -> int:
         """Number of tokens ``text`` takes as a prompt."""

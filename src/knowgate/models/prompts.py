@@ -10,7 +10,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from knowgate.errors import InputError
 from knowgate.models.config import PromptConfig
+
+
+class ShotLike(Protocol):
+    """A worked example: anything with a question and an answer."""
+
+    @property
+    def question(self) -> str:  # noqa: D102
+        ...
+
+    @property
+    def answer(self) -> str:  # noqa: D102
+        ...
 
 
 class PassageLike(Protocol):
@@ -51,13 +64,46 @@ class PromptFormatter:
             lines.append(self.config.passage_template.format(index=i, title=p.title, text=text))
         return "\n".join(lines)
 
-    def format(self, question: str, passages: Sequence[PassageLike] | None = None) -> str:
-        """The prompt for ``question``; with ``passages`` it is the retrieval-augmented prompt."""
+    def format(
+        self,
+        question: str,
+        passages: Sequence[PassageLike] | None = None,
+        *,
+        shots: Sequence[ShotLike] | None = None,
+    ) -> str:
+        """The prompt for ``question``; with ``passages`` it is the retrieval-augmented prompt.
+
+        Args:
+            question: the question.
+            passages: context passages for the retrieval-augmented prompt.
+            shots: the worked examples of a ``few_shot`` prompt, in order, instead of the
+                configured ``few_shot_examples`` (chosen per question by a demonstration
+                selector).
+
+        Raises:
+            InputError: ``shots`` for a chat prompt (chat prompts show no examples).
+        """
         question = " ".join(question.split())
         context = self.context_block(passages) if passages else None
         if self.style == "chat":
+            if shots is not None:
+                raise InputError("chat prompts show no worked examples; shots need few_shot style")
             return self._chat(question, context)
-        return self._few_shot(question, context)
+        return self._few_shot(
+            question, context, self.config.few_shot_examples if shots is None else shots
+        )
+
+    def sparsity_prompt(self, question: str, kind: Literal["zero_shot", "fixed_shots"]) -> str:
+        """The prompt whose density places ``question`` on a demonstration selector's scale.
+
+        ``zero_shot`` is ``Q: <question>`` and ``A:`` on the next line, with no examples;
+        ``fixed_shots`` is the fixed few-shot prompt. Neither depends on the demonstrations
+        being chosen.
+        """
+        question = " ".join(question.split())
+        if kind == "zero_shot":
+            return self._few_shot(question, None, ())
+        return self._few_shot(question, None, self.config.few_shot_examples)
 
     def self_report(self, question: str) -> str:
         """The self-routing prompt: asks whether the model can answer ``question`` from memory.
@@ -99,10 +145,9 @@ class PromptFormatter:
         )
         return str(prompt)
 
-    def _few_shot(self, question: str, context: str | None) -> str:
-        shots = "".join(
-            f"Q: {ex.question}\nA: {ex.answer}\n\n" for ex in self.config.few_shot_examples
-        )
+    @staticmethod
+    def _few_shot(question: str, context: str | None, examples: Sequence[ShotLike]) -> str:
+        shots = "".join(f"Q: {ex.question}\nA: {ex.answer}\n\n" for ex in examples)
         if context:
             return f"{shots}Context:\n{context}\n\nQ: {question}\nA:"
         return f"{shots}Q: {question}\nA:"

@@ -47,7 +47,7 @@ from knowgate.errors import (
     SignalError,
 )
 from knowgate.models.config import ModelConfig, RemoteConfig
-from knowgate.models.prompts import PassageLike, PromptFormatter
+from knowgate.models.prompts import PassageLike, PromptFormatter, ShotLike
 from knowgate.signals import (
     TopKStats,
     compute_served_features,
@@ -130,8 +130,20 @@ class ChatPromptFormatter(PromptFormatter):
         """Always ``chat``: servers take messages."""
         return "chat"
 
-    def format(self, question: str, passages: Sequence[PassageLike] | None = None) -> str:
-        """The messages of ``question`` (with ``passages``) as canonical JSON."""
+    def format(
+        self,
+        question: str,
+        passages: Sequence[PassageLike] | None = None,
+        *,
+        shots: Sequence[ShotLike] | None = None,
+    ) -> str:
+        """The messages of ``question`` (with ``passages``) as canonical JSON.
+
+        Raises:
+            InputError: ``shots`` given (chat prompts show no worked examples).
+        """
+        if shots is not None:
+            raise InputError("chat prompts show no worked examples; shots need few_shot style")
         return json.dumps(self.messages(question, passages), sort_keys=True, ensure_ascii=False)
 
 

@@ -462,12 +462,26 @@ class Router:
     def _validate_queries(self, queries: Sequence[str]) -> None:
         self.config.limits.check_queries(queries)
 
-    def _prefill(self, queries: Sequence[str], signals: SignalConfig) -> Prefill:
-        """One prefill; the question's positions are located only when the signals need them."""
-        prompts = [self.model.format_prompt(q) for q in queries]
+    def _prefill(
+        self,
+        queries: Sequence[str],
+        signals: SignalConfig,
+        prompts: Sequence[str] | None = None,
+    ) -> Prefill:
+        """One prefill; the question's positions are located only when the signals need them.
+
+        ``prompts`` are the queries' formatted prompts when the caller already has them (the
+        batch path times the choice of demonstrations as its own stage). A local model only: a
+        served one is routed by ``_gate_served`` / ``_route_served``.
+        """
+        model = self.model
+        assert isinstance(model, LanguageModel)
+        if prompts is None:
+            prompts = model.format_prompts(queries)
+        prompts = list(prompts)
         if signals.needs_question_text:
-            return self.model.prefill(prompts, questions=list(queries))
-        return self.model.prefill(prompts)
+            return model.prefill(prompts, questions=list(queries))
+        return model.prefill(prompts)
 
     @staticmethod
     def _features(
@@ -585,7 +599,12 @@ class Router:
         pre_index = {row: j for j, row in enumerate(prefill_rows)}
         if prefill_rows:
             t = time.perf_counter()
-            pre = self._prefill([queries[i] for i in prefill_rows], signals)
+            batch = [queries[i] for i in prefill_rows]
+            prompts = self.model.format_prompts(batch)
+            if self.model.demonstrations is not None:  # chosen per question: its own stage
+                stages.add("demonstrations", time.perf_counter() - t, prefill_rows)
+                t = time.perf_counter()
+            pre = self._prefill(batch, signals, prompts)
             stages.add("prefill", time.perf_counter() - t, prefill_rows)
 
         if gated:
@@ -656,6 +675,12 @@ class Router:
             for i in closed:
                 answers[i] = drafts[i].text
             rag = sorted(passages)
+            selector = self.model.demonstrations
+            missing_shots = [i for i in rag if i not in pre_index]
+            if selector is not None and missing_shots:  # choose them in one batch
+                selector.select([queries[i] for i in missing_shots])
+                stages.add("demonstrations", time.perf_counter() - t, missing_shots)
+                t = time.perf_counter()
             if rag:
                 fitted = [self._fit_passages(queries[i], passages[i]) for i in rag]
                 outs = self.model.run(

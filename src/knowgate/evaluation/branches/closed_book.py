@@ -131,6 +131,10 @@ def cache_key_material(
 
     generation = lm.config.generation
     probe = lm.format_prompt(PROBE_QUESTION)
+    selector = lm.demonstrations
+    # Demonstrations key the caches only when they are chosen per question (by pool content,
+    # not path), so caches of fixed-shot prompts keep the keys they had before selection existed.
+    demonstrations = {"demonstrations": selector.key_material()} if selector is not None else {}
     return {
         "format": CACHE_FORMAT,
         "model_id": lm.model_id,
@@ -138,7 +142,10 @@ def cache_key_material(
         "dtype": lm.config.dtype,
         "layers": list(lm.layers),
         # the self-report prompt keys the peer-signal cache, not the answers
-        "prompt": lm.config.prompt.model_dump(mode="json", exclude={"self_report_template"}),
+        "prompt": lm.config.prompt.model_dump(
+            mode="json", exclude={"self_report_template", "demonstrations"}
+        ),
+        **demonstrations,
         "prompt_probe_sha256": hashlib.sha256(probe.encode()).hexdigest(),
         "generation": {
             "max_new_tokens": max_new_tokens or generation.max_new_tokens,
@@ -225,7 +232,7 @@ class ClosedBookBranch(BranchRunner[ClosedBookRecord]):
         lm = self.lm
         stored = probe_layers(lm.layout.num_layers)
         questions = [ex.question for ex in chunk]
-        prompts = [lm.format_prompt(q) for q in questions]
+        prompts = lm.format_prompts(questions)
         pre = lm.prefill(prompts, questions=questions)
         drafts = lm.decode(pre, max_new_tokens=self.max_new_tokens)
         rows = []

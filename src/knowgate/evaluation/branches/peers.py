@@ -138,7 +138,7 @@ class PeerBranch(BranchRunner[PeerRecord]):
     def answer_batch(self, chunk: Sequence[QAExample]) -> list[dict[str, Any]]:
         """Sample ``K`` answers from one shared prefill, then one self-report prefill."""
         lm = self.lm
-        prompts = [lm.format_prompt(ex.question) for ex in chunk]
+        prompts = lm.format_prompts([ex.question for ex in chunk])
         sampled = lm.sample(
             prompts,
             k=self.samples,
