@@ -14,10 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from knowgate.evaluation.calibration_study import build_table, resolve_features
-from knowgate.evaluation.closed_book import default_runs_dir, load_closed_book
+from knowgate.evaluation.branches.cache import default_runs_dir
+from knowgate.evaluation.branches.closed_book import load_closed_book
+from knowgate.evaluation.cross_fitting import cross_fit, outer_splits
 from knowgate.evaluation.datasets import load_dataset
-from knowgate.policy import cross_fitted_p_known, fit_fused, parse_operating_point
+from knowgate.evaluation.labelled import build_table, resolve_features
+from knowgate.policy import fit_fused, parse_operating_point
 
 OPERATING_POINTS = (
     "probability:0.5",
@@ -47,9 +49,8 @@ def main() -> None:
     table = build_table(records)
     names = resolve_features(table, [args.features])
     x, y = table.matrix(names), table.y
-    p = cross_fitted_p_known(
-        x, y, names, calibration=args.calibration, groups=table.groups
-    ).p_calibrated
+    splits = outer_splits(y, table.groups, folds=5, seed=0)
+    p = cross_fit(x, y, table.groups, names, splits, calibration=args.calibration).p_known
     print(
         f"{args.model}: {y.size} questions, {y.sum()} correct; features {args.features} "
         f"({len(names)}), {args.calibration}; held-out p(known) quantiles 50/90/99%: "

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from knowgate.evaluation.closed_book import run_closed_book
+from knowgate.evaluation.branches.closed_book import run_closed_book
 from knowgate.evaluation.datasets import load_dataset
 from knowgate.models import LanguageModel, ModelConfig, PromptConfig
 

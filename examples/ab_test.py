@@ -31,7 +31,7 @@ from tqdm import tqdm
 from knowgate import KnowledgeBase, Router, RouterConfig
 from knowgate.evaluation.datasets import default_data_dir, load_dataset
 from knowgate.evaluation.scoring import score_answer
-from knowgate.experiments import DecisionLog, Experiment, Outcome, build_report
+from knowgate.experiments import DecisionLog, Experiment, ExperimentRouter, Outcome, build_report
 from knowgate.models import LanguageModel
 from knowgate.policy import build_policy
 from knowgate.signals import compute_features
@@ -99,11 +99,12 @@ def main(argv: list[str] | None = None) -> str:
     users = [f"user-{rng.randrange(args.users)}" for _ in traffic]
 
     with DecisionLog(log_path) as log:
-        router = Router(lm, build_policy("always"), kb, experiment=experiment, decision_log=log)
+        # The router answers; the experiment router on top picks each user's arm and logs.
+        ab = ExperimentRouter(Router(lm, build_policy("always"), kb), experiment, log)
         for example, user in tqdm(
             list(zip(traffic, users, strict=True)), desc="traffic", unit="req"
         ):
-            routed = router.route(example.question, unit_id=user)  # logged by the router
+            routed = ab.route(example.question, unit_id=user)  # logged with its arm
             s = score_answer(routed.answer, example.golden_answers, example.question)
             log.record_outcomes(
                 [Outcome(routed.request_id, s.in_accuracy, s.f1, label_source="gold")]

@@ -21,7 +21,7 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnablePassthrough
 
 from knowgate import KnowledgeBase, Router, RouterConfig
-from knowgate.integrations.langchain import GatedRetriever, LocalChatModel
+from knowgate.integrations.langchain import GatedRetriever, KnowledgeBaseRetriever, LocalChatModel
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -49,7 +49,8 @@ def format_docs(docs) -> str:
 
 
 def build_chain(router: Router, kb: KnowledgeBase):
-    gated = GatedRetriever.configurable_for(router, retriever=kb.as_retriever(k=2))
+    inner = KnowledgeBaseRetriever(knowledge_base=kb, k=2)  # or any LangChain retriever
+    gated = GatedRetriever.configurable_for(router, retriever=inner)
     prompt = ChatPromptTemplate.from_messages(
         [
             ("system", "Answer with a short phrase. Use the context if it helps."),

@@ -38,6 +38,10 @@ def synthetic_row(
     a = experiment.assign(unit_id)
     arm = arm or a.arm
     retrieve = (arm == experiment.control) if retrieve is None else retrieve
+    # as the router counts: a policy that reads no signal is one LM call (plain RAG or the
+    # closed-book answer); a gate that retrieves spends its prefill and the answer, two calls
+    gated = bool(experiment.arms[arm].required_features)
+    lm_calls = 2 if (gated and retrieve) else 1
     return DecisionRow(
         request_id=request_id,
         experiment=experiment.name,
@@ -49,13 +53,13 @@ def synthetic_row(
         config_hash=experiment.config_hash,
         retrieve=retrieve,
         retrieved=retrieve,
-        lm_calls=2 if retrieve else 1,
+        lm_calls=lm_calls,
         retriever_calls=int(retrieve),
         latency_ms=latency_ms,
         features={"next_token_max_prob": 0.5},
         p_known=None,
         threshold=0.4,
-        calls={"lm": 2 if retrieve else 1, "retriever": int(retrieve)},
+        calls={"lm": lm_calls, "retriever": int(retrieve)},
         timings_ms={"prefill": latency_ms / 2, "total": latency_ms},
         query=f"question {request_id}?",
         answer=f"answer {request_id}",
@@ -64,7 +68,7 @@ def synthetic_row(
 
 
 def write_both_branches(path: Path, rows: Iterable[dict]) -> Path:
-    """Write a both-branch cache file (the schema of knowgate.experiments.replay)."""
+    """Write a both-branch file (the schema of knowgate.evaluation.both_branches) as given."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as fh:
         for row in rows:
@@ -83,14 +87,24 @@ def both_branch_row(
     model_id: str | None = "smollm2-135m",
     scores: bool = True,
 ) -> dict:
+    """One row whose gate costs ``cb_s`` when it answers closed-book and ``rag_s`` when it
+    retrieves: half of ``cb_s`` is the gate's prefill, half the decode, so plain RAG (always)
+    costs ``rag_s - cb_s / 2`` and the closed-book LLM (never) ``cb_s``.
+    """
+    prefill = cb_s / 2
     row = {
         "id": f"q{i}",
         "dataset": "synthetic",
         "model_id": model_id,
         "closed_book_correct": cb,
         "retrieval_correct": rag,
-        "closed_book_seconds": cb_s,
-        "retrieval_seconds": rag_s,
+        "seconds": {
+            "prefill": prefill,
+            "signals": 0.0,
+            "decode": cb_s - prefill,
+            "retrieve": 0.0,
+            "answer_with_passages": rag_s - prefill,
+        },
         "features": {"next_token_max_prob": p, "hidden_hoyer_last": None},
     }
     if scores:

@@ -13,7 +13,8 @@ from knowgate.evaluation.bench.curves import (
     random_curve,
     rate_grid,
 )
-from knowgate.evaluation.bench.operating_rules import (
+from knowgate.evaluation.datasets import QADataset, QAExample
+from knowgate.evaluation.operating_rules import (
     RULES,
     accuracy_loss_threshold,
     break_even_threshold,
@@ -22,8 +23,7 @@ from knowgate.evaluation.bench.operating_rules import (
     fixed_threshold,
     max_accuracy_threshold,
 )
-from knowgate.evaluation.bench.sampling import ids_digest, sample_dataset
-from knowgate.evaluation.datasets import QADataset, QAExample
+from knowgate.evaluation.sampling import ids_digest, sample_dataset
 
 
 # ------------------------------------------------------------------------ operating rules

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -77,14 +78,43 @@ def test_ask_pretty(smollm, kb_dir: Path, monkeypatch) -> None:
     result = runner.invoke(app, ["ask", "When was knowgate released?"])
     assert result.exit_code == 0, result.output
     assert "retrieved" in result.output and "p_known" in result.output
+    assert "knowgate (kg)" in result.output  # the passage's title and id
 
 
-def test_ask_bad_input_is_a_clean_error(smollm, monkeypatch) -> None:
-    monkeypatch.setattr(
-        "knowgate.cli.ask.load_router", lambda config, **kw: Router(smollm, build_policy("never"))
+def _no_model(config, **kwargs):
+    raise AssertionError("a bad query must be refused before any model is loaded")
+
+
+@pytest.mark.parametrize(
+    ("question", "message"), [("", "query is empty"), ("  \n ", "query is empty")]
+)
+def test_ask_refuses_a_bad_query_before_loading_the_model(monkeypatch, question, message) -> None:
+    monkeypatch.setattr("knowgate.cli.ask.load_router", _no_model)
+    result = runner.invoke(app, ["ask", question])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    too_long = runner.invoke(app, ["ask", "x" * 4001])
+    assert too_long.exit_code == 2 and "4001 characters; the limit is 4000" in too_long.output
+
+
+def test_ask_empty_query_fails_fast_in_a_fresh_process() -> None:
+    # A fresh interpreter, as `knowgate ask ""` runs: it must exit 2 without importing torch.
+    code = (
+        "import sys\n"
+        "from knowgate.cli import main\n"
+        "sys.argv = ['knowgate', 'ask', '']\n"
+        "try:\n    main()\n"
+        "except SystemExit as exc:\n    code = exc.code\n"
+        "print('exit', code, 'torch' in sys.modules)\n"
     )
-    result = runner.invoke(app, ["ask", "   "])
-    assert result.exit_code == 2 and "query is empty" in result.output
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert proc.stdout.strip().splitlines()[-1] == "exit 2 False", proc.stderr[-2000:]
+    assert "query is empty" in proc.stderr
+
+
+def test_ask_bad_policy_file_is_a_clean_error(smollm, monkeypatch) -> None:
     monkeypatch.setattr(
         "knowgate.cli.ask.load_router",
         lambda config, **kw: Router.from_config(config, model=smollm),
@@ -93,8 +123,10 @@ def test_ask_bad_input_is_a_clean_error(smollm, monkeypatch) -> None:
     assert result.exit_code == 2 and "policy.json" in result.output
 
 
-def _cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200"}
+def _cli(
+    *args: str, timeout: int = 900, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "knowgate", *args],
         capture_output=True,
@@ -105,19 +137,72 @@ def _cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess[str]:
     )
 
 
+#: The policy shipped for the default model, read as a file (not through knowgate).
+SHIPPED = json.loads(
+    (ROOT / "src/knowgate/resources/policies/smollm2-135m.json").read_text(encoding="utf-8")
+)
+
+
+def assert_quiet(stderr: str) -> None:
+    """No DEBUG log lines and no library weight-loading progress bars on stderr."""
+    assert "DEBUG" not in stderr, stderr[-2000:]
+    for bar in ("Loading weights", "de-quantizing GGUF", "Writing model shards"):
+        assert bar not in stderr, stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_ask_json_subprocess(kb_dir: Path) -> None:
     proc = _cli("ask", "When was knowgate released?", "--kb", str(kb_dir), "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_quiet(proc.stderr)
     data = json.loads(proc.stdout)
-    assert data["model"] == "smollm2-135m"
-    assert data["decision"]["policy"]  # the bundled policy (or the always fallback)
-    assert data["calls"]["lm"] in (1, 2)
+    d = data["decision"]
+    assert data["model"] == "smollm2-135m" and data["query"] == "When was knowgate released?"
+    # The shipped fused policy decides: its id and threshold, p_known below it retrieves.
+    assert (d["policy"], d["threshold"], d["mode"]) == (
+        SHIPPED["policy_id"],
+        SHIPPED["threshold"],
+        "pre",
+    )
+    assert set(SHIPPED["required_features"]) <= set(data["features"])
+    assert d["retrieve"] is (d["p_known"] < d["threshold"])
+    if d["retrieve"]:  # the gate's prefill, then the answer with the knowledge base's passage
+        assert data["calls"] == {"lm": 2, "retriever": 1}
+        assert [(p["id"], p["title"], p["rank"]) for p in data["passages"]] == [
+            ("kg", "knowgate", 1)
+        ]
+    else:  # the answer is decoded from the gate's own prefill
+        assert data["calls"] == {"lm": 1, "retriever": 0} and data["passages"] == []
+
+
+SUMMARY = re.compile(
+    r"summary: retrieval rate ([\d.]+) \((\d+)/(\d+) retriever calls; retrieved per kind: "
+    r"general (\d+)/3, knowgate (\d+)/4; always-retrieve RAG: 7/7\), LM calls (\d+) "
+)
 
 
 @pytest.mark.slow
-def test_demo_runs_end_to_end() -> None:
-    proc = _cli("demo")
+def test_demo_first_run_is_quiet_and_names_the_sources(tmp_path) -> None:
+    # A fresh cache: the newcomer's first run (knowledge base built, GGUF model dequantized).
+    proc = _cli("demo", env={"KNOWGATE_CACHE_DIR": str(tmp_path), "COLUMNS": "600"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "summary: retrieval rate" in proc.stdout
-    assert proc.stdout.count("closed-book") + proc.stdout.count("retrieve") >= 7
+    assert_quiet(proc.stderr)
+    assert "knowledge base:" in proc.stdout and "(built from" in proc.stdout
+    summary = SUMMARY.search(" ".join(proc.stdout.split()))
+    assert summary is not None, proc.stdout[-3000:]
+    rate, retrieved, total, general, knowgate, lm_calls = summary.groups()
+    assert int(total) == 7 and int(retrieved) == int(general) + int(knowgate)
+    assert float(rate) == pytest.approx(int(retrieved) / 7, abs=0.005)
+    # The shipped policy reads signals: one LM call per question, one more per retrieval.
+    assert int(lm_calls) == 7 + int(retrieved)
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("│")]
+    cells = [[c.strip() for c in row.strip("│").split("│")] for row in rows]
+    assert len(cells) == 7 and all(len(c) == 7 for c in cells)
+    for question, kind, decision, _, answer, source, _ in cells:
+        assert kind in ("general", "knowgate") and answer, question
+        if decision == "retrieve":  # each passage as "title (id)", ids of the docs/ base
+            for used in source.split("; "):
+                assert re.fullmatch(r".+ \(docs/[\w.-]+\.md#\d+\)", used), source
+        else:
+            assert decision == "closed-book" and source == "-", question
+    assert sum(c[2] == "retrieve" for c in cells) == int(retrieved)

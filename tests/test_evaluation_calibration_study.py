@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from knowgate.errors import ConfigError, DataError
-from knowgate.evaluation.calibration_report import write_report
-from knowgate.evaluation.calibration_study import build_table, resolve_features, run_study
-from knowgate.evaluation.closed_book import ClosedBookRecord
+from knowgate.evaluation.branches.closed_book import ClosedBookRecord
+from knowgate.evaluation.calibration.report import write_report
+from knowgate.evaluation.calibration.study import run_study
 from knowgate.evaluation.datasets import QAExample
+from knowgate.evaluation.labelled import build_table, resolve_features
 from knowgate.evaluation.scoring import score_answer
 
 
@@ -75,30 +76,29 @@ def test_feature_groups(study):
 
 def test_template_detector_is_exposed_by_within_relation_auroc(study):
     _, _, result = study
-    singles = result.summary["single_features"]
+    singles = result.summary.single_features
     template, knowledge = singles["hidden_hoyer_last"], singles["draft_min_prob"]
-    assert template["auroc_pooled"] > 0.75
-    assert abs(template["auroc_within_relation"] - 0.5) < 0.12
-    assert knowledge["auroc_within_relation"] > 0.75
-    assert template["direction"] == "higher_is_known"
-    fused = result.summary["fused"]
+    assert template.auroc_in_sample > 0.75 and template.auroc_held_out > 0.75
+    assert abs(template.auroc_within_relation - 0.5) < 0.12
+    assert knowledge.auroc_within_relation > 0.75
+    assert template.direction == "higher_is_known"
+    fused = result.summary.fused
     # The question-only baseline (which sees the relation) matches the template detector.
-    assert fused["question-only"]["auroc"] >= fused["sparsity (prefill)"]["auroc"] - 0.03
-    assert fused["uncertainty (prefill+draft)"]["auroc_within_relation"] > 0.75
+    assert fused["question-only"].auroc >= fused["sparsity (prefill)"].auroc - 0.03
+    assert fused["uncertainty (prefill+draft)"].auroc_within_relation > 0.75
 
 
 def test_breakdowns(study):
     _, _, result = study
     s = result.summary
-    assert s["n_questions"] == 400
-    assert set(s["datasets"]) == {"toy", "toy2"}
-    assert set(s["per_relation"]) == {"capital", "director"}
-    assert s["per_relation"]["capital"]["constant_answer"] is None  # no 'obj' metadata
-    assert sum(v["n"] for v in s["per_popularity_bucket"].values()) == 400
-    assert (
-        s["per_relation"]["capital"]["accuracy"] > 0.6 > s["per_relation"]["director"]["accuracy"]
-    )
-    assert "sparsity adds over uncertainty (prefill)" in s["comparisons"]
+    assert s.n_questions == 400
+    assert set(s.datasets) == {"toy", "toy2"}
+    assert set(s.per_relation) == {"capital", "director"}
+    capital, prior = s.per_relation["capital"]
+    assert prior.constant_answer is None  # no 'obj' metadata
+    assert sum(v.n for v in s.per_popularity_bucket.values()) == 400
+    assert capital.accuracy > 0.6 > s.per_relation["director"][0].accuracy
+    assert "sparsity adds over uncertainty (prefill)" in s.comparisons
 
 
 def test_report_files(study, tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 
 import pytest
@@ -177,7 +176,7 @@ def test_closed_log_refuses_use(tmp_path) -> None:
         db.count()
 
 
-def test_from_routed_requires_an_experiment_assignment() -> None:
+def test_from_routed_takes_the_assignment_and_checks_its_policy(tmp_path) -> None:
     from knowgate.experiments import DecisionRow
     from knowgate.routing import DecisionTrace, RoutedAnswer
 
@@ -185,17 +184,37 @@ def test_from_routed_requires_an_experiment_assignment() -> None:
         query="q",
         answer="a",
         decision=DecisionTrace(True, None, None, "always", "pre", "always retrieve"),
-        features={},
+        features={"next_token_max_prob": 0.25},
         passages=[],
         calls={"lm": 2, "retriever": 1},
         timings_ms={"total": 5.0},
         model="m",
         request_id="abc",
     )
-    with pytest.raises(ExperimentError, match="not routed under an experiment"):
-        DecisionRow.from_routed(routed)
-    exp = two_arm_experiment()
-    routed.extra["experiment"] = exp.assign("u1").to_dict()
-    row = DecisionRow.from_routed(routed)
-    assert (row.request_id, row.unit_id, row.retrieve, row.retrieved) == ("abc", "u1", True, False)
-    assert json.loads(json.dumps(routed.to_dict()))["extra"]["experiment"]["unit_id"] == "u1"
+    exp = two_arm_experiment()  # control: always, gate: a threshold policy
+    control_unit = next(f"u{i}" for i in range(100) if exp.assign(f"u{i}").arm == "control")
+    gate_unit = next(f"u{i}" for i in range(100) if exp.assign(f"u{i}").arm == "gate")
+    assignment = exp.assign(control_unit)
+    row = DecisionRow.from_routed(routed, assignment)
+    assert (row.request_id, row.experiment, row.arm, row.unit_id) == (
+        "abc",
+        "gate-vs-rag",
+        "control",
+        control_unit,
+    )
+    assert (row.bucket, row.config_hash, row.policy_id) == (
+        assignment.bucket,
+        exp.config_hash,
+        "always",
+    )
+    assert (row.retrieve, row.retrieved, row.lm_calls, row.retriever_calls) == (True, False, 2, 1)
+    assert row.latency_ms == 5.0 and row.features == {"next_token_max_prob": 0.25}
+    # A request another policy decided cannot be logged under the arm.
+    with pytest.raises(ExperimentError, match="not by the policy"):
+        DecisionRow.from_routed(routed, exp.assign(gate_unit))
+    with DecisionLog(tmp_path / "l.sqlite") as log:
+        with pytest.raises(ExperimentError, match="1 routed"):
+            log.record([routed], [])
+        log.register(exp)
+        assert log.record([routed], [assignment]) == 1
+        assert log.request("abc")["arm"] == "control"

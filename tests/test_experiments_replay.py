@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from experiments_helpers import both_branch_row, gate_policy, write_both_branches
 from knowgate.cli import app
-from knowgate.errors import ExperimentError, PolicyError
+from knowgate.errors import DataError, PolicyError
 from knowgate.experiments import CACHE_FILE, read_both_branches, replay
 from knowgate.policy import build_policy
 
@@ -53,6 +53,9 @@ def test_replay_gives_the_exact_paired_comparison(tmp_path) -> None:
     assert by["gate"].accuracy.value == pytest.approx(report.references["oracle"]["accuracy"])
     assert by["gate"].wall_time_s.value == pytest.approx(0.7 * 0.3 + 0.3 * 0.1)
     assert by["gate"].total_time_s == pytest.approx(200 * (0.7 * 0.3 + 0.3 * 0.1))
+    # always is plain RAG: the answer with passages without the gate's 0.05 s prefill
+    assert by["always"].wall_time_s.value == pytest.approx(0.3 - 0.05)
+    assert by["never"].wall_time_s.value == pytest.approx(0.1)
     assert by["never"].accuracy.value == pytest.approx(0.3)
     assert report.references["never"]["accuracy"] == pytest.approx(0.3)
 
@@ -62,7 +65,7 @@ def test_replay_gives_the_exact_paired_comparison(tmp_path) -> None:
     assert gate["retrieval_rate"].diff == pytest.approx(-0.3)
     # 60 discordant retrieve decisions, all one way: McNemar chi-square, p tiny.
     assert gate["retrieval_rate"].p_value < 1e-10
-    assert gate["wall_time_s"].diff == pytest.approx(-0.3 * 0.2)
+    assert gate["wall_time_s"].diff == pytest.approx((0.7 * 0.3 + 0.3 * 0.1) - 0.25)
     assert "score" in gate
     never = {d.metric: d for d in report.comparisons["never"]}
     # never vs always: every discordant pair is always-right & never-wrong (126 of them).
@@ -76,6 +79,25 @@ def test_replay_gives_the_exact_paired_comparison(tmp_path) -> None:
     json.dumps(report.to_dict(), allow_nan=False)
 
 
+def test_replay_counts_lm_calls_as_the_router_does(tmp_path) -> None:
+    records = read_both_branches(make_cache(tmp_path))
+    report = replay(
+        records,
+        {
+            "always": build_policy("always"),
+            "never": build_policy("never"),
+            "gate": gate_policy(0.7),
+            "oracle": build_policy("oracle"),
+        },
+    )
+    calls = {p.label: p.lm_calls for p in report.policies}
+    # Plain RAG and closed-book answer with one prompt each; a gate prefills every question
+    # (one call) and answers again with passages for the 70% it retrieves for.
+    assert calls["always"] == 1.0 and calls["never"] == 1.0
+    assert calls["gate"] == pytest.approx(1.7) and calls["oracle"] == pytest.approx(1.7)
+    assert "LM calls/q" in report.to_text()
+
+
 def _always_vs_never(tmp_path, name, rows):
     cache = write_both_branches(tmp_path / name, rows)
     report = replay(
@@ -85,23 +107,39 @@ def _always_vs_never(tmp_path, name, rows):
     return {d.metric: d for d in report.comparisons["never"]}["accuracy"]
 
 
-def test_replay_mcnemar_matches_hand_computed_p_values(tmp_path) -> None:
-    from scipy.stats import chi2
+def test_replay_paired_accuracy_is_agresti_min_by_hand(tmp_path) -> None:
+    from scipy.stats import norm
 
     # 40 questions: closed-book right on i < 8, with retrieval right on i >= 3.
-    # Discordant: never right & always wrong on i < 3 (b = 3); the reverse on i >= 8 (c = 32).
+    # Discordant: never right & always wrong on i < 3 (3 pairs); the reverse on i >= 8 (32).
     rows = [both_branch_row(i, p=0.9, cb=i < 8, rag=i >= 3, model_id=None) for i in range(40)]
     acc = _always_vs_never(tmp_path, "a.jsonl", rows)
-    b, c = 3, 32
-    assert acc.diff == pytest.approx((b - c) / 40)
-    # 35 discordant pairs (>= 25): continuity-corrected chi-square.
-    assert "chi-square" in acc.test
-    assert acc.p_value == pytest.approx(chi2.sf((abs(b - c) - 1) ** 2 / (b + c), 1))
-    # 20 questions, b = 2 (i < 2), c = 8 (12 <= i < 20): 10 discordant -> exact binomial.
-    rows = [both_branch_row(i, p=0.9, cb=i < 12, rag=i >= 2, model_id=None) for i in range(20)]
-    acc = _always_vs_never(tmp_path, "b.jsonl", rows)
-    exact = 2 * sum(math.comb(10, k) for k in range(3)) / 2**10
-    assert "exact" in acc.test and acc.p_value == pytest.approx(exact)
+    assert acc.diff == pytest.approx((3 - 32) / 40)
+    # Agresti & Min (2005): half a pair in each of the four cells, then Wald on n + 2 pairs.
+    centre = (3 - 32) / 42
+    se = math.sqrt(((3 + 32 + 1) / 42 - centre**2) / 42)
+    z = norm.ppf(0.975)
+    assert acc.se == pytest.approx(se)
+    assert (acc.low, acc.high) == pytest.approx((centre - z * se, centre + z * se))
+    assert acc.p_value == pytest.approx(2 * norm.sf(abs(centre) / se))
+    assert acc.paired and acc.units == (40, 40)
+    # No discordant pair: no evidence of a difference, and still an interval of honest width.
+    same = [both_branch_row(i, p=0.9, cb=True, rag=True, model_id=None) for i in range(20)]
+    acc = _always_vs_never(tmp_path, "b.jsonl", same)
+    assert acc.diff == 0 and acc.p_value == pytest.approx(1.0)
+    assert acc.high == pytest.approx(z * math.sqrt(1 / 22) / math.sqrt(22))
+
+
+def test_replay_interval_and_p_value_never_disagree(tmp_path) -> None:
+    # A borderline paired comparison (the old replay showed CI [-2.2, -0.2] beside p = 0.062):
+    # 9 questions only always answers, 2 only never answers, out of 400.
+    rows = [
+        both_branch_row(i, p=0.9, cb=i < 2 or i >= 11, rag=i >= 2, model_id=None)
+        for i in range(400)
+    ]
+    acc = _always_vs_never(tmp_path, "c.jsonl", rows)
+    assert acc.diff == pytest.approx((2 - 9) / 400)
+    assert (acc.p_value < 0.05) == (acc.high < 0 or acc.low > 0)
 
 
 @pytest.mark.parametrize(
@@ -110,7 +148,7 @@ def test_replay_mcnemar_matches_hand_computed_p_values(tmp_path) -> None:
         (lambda r: r.pop("retrieval_correct"), "retrieval_correct"),
         (lambda r: r.update(closed_book_correct="yes"), "closed_book_correct"),
         (lambda r: r.update(closed_book_correct=1), "closed_book_correct"),
-        (lambda r: r.update(retrieval_seconds=-1), "retrieval_seconds"),
+        (lambda r: r["seconds"].update(retrieve=-1), "seconds.retrieve"),
         (lambda r: r.update(surprise=1), "surprise: unknown key"),
         (lambda r: r.update(features={"x": "high"}), "features.x"),
     ],
@@ -119,29 +157,29 @@ def test_rows_off_the_schema_are_reported_with_their_line(tmp_path, mutate, matc
     rows = [both_branch_row(i, p=0.5, cb=False, rag=True) for i in range(3)]
     mutate(rows[1])
     path = write_both_branches(tmp_path / CACHE_FILE, rows)
-    with pytest.raises(ExperimentError, match=f":2: .*{match}"):
+    with pytest.raises(DataError, match=f":2: .*{match}"):
         read_both_branches(path)
 
 
 def test_cache_level_errors(tmp_path) -> None:
-    with pytest.raises(ExperimentError, match="not found"):
+    with pytest.raises(DataError, match="not found"):
         read_both_branches(tmp_path)
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / CACHE_FILE).write_text("\n")
-    with pytest.raises(ExperimentError, match="empty"):
+    with pytest.raises(DataError, match="empty"):
         read_both_branches(empty)
     dup = [both_branch_row(1, p=0.5, cb=False, rag=True)] * 2
-    with pytest.raises(ExperimentError, match="duplicate id 'q1'"):
+    with pytest.raises(DataError, match="duplicate id 'q1'"):
         read_both_branches(write_both_branches(tmp_path / "d.jsonl", dup))
     mixed = [
         both_branch_row(1, p=0.5, cb=False, rag=True, model_id="a"),
         both_branch_row(2, p=0.5, cb=False, rag=True, model_id="b"),
     ]
-    with pytest.raises(ExperimentError, match="mixes rows of several models"):
+    with pytest.raises(DataError, match="mixes rows of several models"):
         read_both_branches(write_both_branches(tmp_path / "m.jsonl", mixed))
     (tmp_path / "bad.jsonl").write_text("{not json\n")
-    with pytest.raises(ExperimentError, match="bad.jsonl:1: not valid JSON"):
+    with pytest.raises(DataError, match="bad.jsonl:1: not valid JSON"):
         read_both_branches(tmp_path / "bad.jsonl")
 
 

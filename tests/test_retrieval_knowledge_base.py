@@ -219,16 +219,3 @@ def test_markdown_folder_base(tmp_path: Path) -> None:
     top = kb.search("What colour is the logo?", k=1)[0]
     assert top.id == "docs/faq.md#0" and top.title == "FAQ › Colours"
     assert kb.search("installing without network access", k=1)[0].title == "Installing › Offline"
-
-
-def test_as_retriever_returns_langchain_documents(kb: KnowledgeBase) -> None:
-    retriever = kb.as_retriever(k=2)
-    docs = retriever.invoke("What is the capital of France?")
-    assert len(docs) == 2
-    assert docs[0].id == "paris" and docs[0].metadata["title"] == "Paris"
-    assert docs[0].page_content == TINY_DOCS[0].text
-    assert len(retriever.invoke("capital", k=4)) == 4
-    bm25_docs = retriever.invoke("Salzburg", mode="bm25")
-    assert [d.id for d in bm25_docs] == ["mozart"]
-    with pytest.raises(TypeError, match="unexpected retriever arguments"):
-        retriever.invoke("x", top_k=3)

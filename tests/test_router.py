@@ -8,14 +8,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
 from knowgate.config import RouterConfig, load_config
 from knowgate.errors import ConfigError, InputError, KnowledgeBaseError, PolicyError
 from knowgate.policy import build_policy
 from knowgate.retrieval import Document, KnowledgeBase
-from knowgate.routing import Router
-from knowgate.routing.router import load_knowledge_base
+from knowgate.routing import GenerationRequest, Router, load_knowledge_base
 
 DOCS = [
     Document(id="kg", title="knowgate", text="knowgate was released in 2026 by the knowgate team."),
@@ -181,14 +179,55 @@ def test_no_retriever_is_recorded(smollm) -> None:
     assert routed.calls == {"lm": 1, "retriever": 0}
 
 
+class RecordingGenerator:
+    """An answer generator that records its requests and answers from a list."""
+
+    def __init__(self, answers: list[str]) -> None:
+        self.answers, self.requests = list(answers), []
+
+    def answer(self, request: GenerationRequest) -> str:
+        self.requests.append(request)
+        return self.answers.pop(0)
+
+
 def test_generator_writes_the_answer(smollm, kb) -> None:
-    fake = FakeListChatModel(responses=["generated closed-book", "generated with passages"])
-    router = Router(smollm, build_policy("never"), kb, generator=fake)
+    generator = RecordingGenerator(["generated closed-book", "generated with passages"])
+    router = Router(smollm, build_policy("never"), kb, generator=generator)
     routed = router.route(QUESTIONS[0])
     assert routed.answer == "generated closed-book"
     assert routed.calls == {"lm": 1, "retriever": 0, "generator": 1}
-    rag = Router(smollm, build_policy("always"), kb, generator=fake).route(QUESTIONS[2])
+    prompt = smollm.config.prompt
+    assert generator.requests[0] == GenerationRequest(QUESTIONS[0], (), prompt.system_prompt, "")
+    rag = Router(smollm, build_policy("always"), kb, generator=generator).route(QUESTIONS[2])
     assert rag.answer == "generated with passages" and rag.passages
+    request = generator.requests[1]
+    assert request.query == QUESTIONS[2] and request.passages == tuple(rag.passages)
+    assert request.system_prompt == prompt.rag_system_prompt
+    # The context is written as the local model's prompts write it: "[rank] title: text".
+    assert request.context.splitlines()[0] == f"[1] knowgate: {DOCS[0].text}"
+    with pytest.raises(ConfigError, match="answer"):
+        Router(smollm, build_policy("never"), kb, generator=object())  # type: ignore[arg-type]
+
+
+def test_per_query_policies_are_used_as_given(smollm, kb) -> None:
+    config = RouterConfig(policy={"threshold": 0.9})
+    router = Router(smollm, threshold_policy(0.0), kb, config=config)
+    assert router.policy.threshold == 0.9  # the config's threshold overrides the router's policy
+    always, never = build_policy("always"), build_policy("never")
+    routed = router.route_batch(QUESTIONS[:2], policies=[always, never])
+    assert [r.decision.policy for r in routed] == ["always", "never"]
+    assert [r.decision.retrieve for r in routed] == [True, False]
+    low = threshold_policy(0.0)
+    (as_given,) = router.route_batch(QUESTIONS[:1], policies=[low])
+    assert as_given.decision.threshold == 0.0 and as_given.decision.policy == low.policy_id
+    with pytest.raises(InputError, match="one policy per query"):
+        router.route_batch(QUESTIONS[:2], policies=[always])
+    with pytest.raises(InputError, match="policy or policies"):
+        router.route_batch(QUESTIONS[:1], policy=always, policies=[always])
+    with pytest.raises(ConfigError, match="evaluation-only"):
+        router.route_batch(QUESTIONS[:1], policies=[build_policy("oracle")])
+    gate = router.gate(QUESTIONS[0], policy=never)
+    assert gate.decision.policy == "never" and gate.decision.retrieve is False
 
 
 @pytest.mark.parametrize(
@@ -268,6 +307,16 @@ def test_from_config_uses_given_components(smollm, kb) -> None:
     config = RouterConfig(policy={"name": "never"})
     router = Router.from_config(config, model=smollm, retriever=kb)
     assert router.route(QUESTIONS[0]).decision.policy.startswith("never")
+    assert router.describe() == {
+        "model": "smollm2-135m",
+        "policy": "never",
+        "gate_mode": "pre",
+        "knowledge_base": True,
+    }
+    # Without a policy, the model's bundled one, with the config's threshold.
+    bundled = Router.from_config(RouterConfig(policy={"threshold": 0.3}), model=smollm)
+    assert bundled.policy.threshold == 0.3 and bundled.policy.model_id == "smollm2-135m"
+    assert bundled.policy.name == "fused"
 
 
 def test_trace_to_dict_shape(smollm, kb) -> None:

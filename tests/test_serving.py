@@ -7,10 +7,10 @@ import pytest
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
 
-from knowgate.experiments import DecisionLog, Experiment
+from knowgate.experiments import DecisionLog, Experiment, ExperimentRouter
+from knowgate.integrations.serving import MAX_BATCH, create_app
 from knowgate.policy import build_policy
 from knowgate.routing import Router
-from knowgate.serving import MAX_BATCH, create_app
 
 Q = "What is the capital of France?"
 
@@ -22,9 +22,15 @@ def client(smollm) -> TestClient:
 
 def test_health_describes_the_router(client) -> None:
     body = client.get("/health").json()
-    assert body["status"] == "ok" and body["model"] == "smollm2-135m"
-    assert body["policy"].startswith("never")
-    assert body["knowledge_base"] is False and body["decision_log"] is False
+    assert body == {
+        "status": "ok",
+        "model": "smollm2-135m",
+        "policy": "never",
+        "gate_mode": "pre",
+        "knowledge_base": False,
+        "experiment": None,
+        "decision_log": False,
+    }
 
 
 def test_route_returns_the_same_trace_as_the_router(client, smollm) -> None:
@@ -69,14 +75,19 @@ def test_feedback_needs_a_decision_log(client) -> None:
 
 
 def test_experiment_traffic_and_feedback_reach_the_log(smollm, tmp_path) -> None:
-    exp = Experiment("never-vs-never", {"a": build_policy("never"), "b": build_policy("never")})
+    exp = Experiment("always-vs-never", {"a": build_policy("always"), "b": build_policy("never")})
     with DecisionLog(tmp_path / "ab.sqlite") as log:
         api = TestClient(
-            create_app(Router(smollm, build_policy("never"), experiment=exp, decision_log=log))
+            create_app(ExperimentRouter(Router(smollm, build_policy("never")), exp, log))
         )
-        assert api.get("/health").json()["experiment"] == "never-vs-never"
+        health = api.get("/health").json()
+        assert health["experiment"] == "always-vs-never" and health["decision_log"] is True
+        assert health["arms"] == {"a": "always", "b": "never"} and health["policy"] is None
         routed = api.post("/route", json={"query": Q, "unit_id": "user-7"}).json()
-        assert routed["extra"]["experiment"]["arm"] == exp.assign("user-7").arm
+        arm = exp.assign("user-7").arm
+        assert routed["extra"]["experiment"]["arm"] == arm
+        assert routed["decision"]["policy"] == exp.arms[arm].policy_id
+        assert routed["decision"]["retrieve"] is (arm == "a")
         request_id = routed["request_id"]
         ok = api.post("/feedback", json={"request_id": request_id, "correct": True, "score": 1})
         assert ok.status_code == 200 and ok.json() == {"recorded": 1}

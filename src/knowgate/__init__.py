@@ -1,8 +1,10 @@
 """knowgate: adaptive-retrieval middleware -- retrieve only when the model does not know.
 
 The public API is small: build a :class:`Router` (model + policy + retriever) from a config and
-call ``route``; everything else is reachable from the subpackages (``models``, ``signals``,
-``policy``, ``retrieval``, ``evaluation``, ``experiments``, ``integrations``).
+call ``route``; run an A/B test of policies with an :class:`ExperimentRouter` on top of it; put
+either into LangChain with :class:`KnowgateRunnable` or :class:`GatedRetriever`. Everything else
+is reachable from the subpackages (``models``, ``signals``, ``policy``, ``retrieval``,
+``routing``, ``evaluation``, ``experiments``, ``integrations``); docs/architecture.md maps them.
 
 Names are imported lazily (PEP 562), so ``import knowgate`` and ``knowgate --help`` do not pay
 for torch, transformers and FAISS until they are used.
@@ -13,16 +15,23 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from knowgate._version import __version__
 
 _EXPORTS: dict[str, str] = {
     "Decision": "knowgate.policy",
+    "DecisionLog": "knowgate.experiments",
+    "Experiment": "knowgate.experiments",
+    "ExperimentRouter": "knowgate.experiments",
+    "GatedRetriever": "knowgate.integrations.langchain",
     "KnowgateError": "knowgate.errors",
+    "KnowgateRunnable": "knowgate.integrations.langchain",
     "KnowledgeBase": "knowgate.retrieval",
     "KnowledgeBaseConfig": "knowgate.retrieval",
     "LanguageModel": "knowgate.models",
     "ModelConfig": "knowgate.models",
     "Policy": "knowgate.policy",
+    "PolicySpec": "knowgate.policy",
+    "QueryRouter": "knowgate.routing",
     "RoutedAnswer": "knowgate.routing",
     "Router": "knowgate.routing",
     "RouterConfig": "knowgate.config",
@@ -33,16 +42,25 @@ _EXPORTS: dict[str, str] = {
     "load_config": "knowgate.config",
     "load_model": "knowgate.models",
     "load_policy": "knowgate.policy",
+    "policy_from_spec": "knowgate.policy",
+    "router_from_config": "knowgate.experiments",
 }
 
 __all__ = [
     "Decision",
+    "DecisionLog",
+    "Experiment",
+    "ExperimentRouter",
+    "GatedRetriever",
     "KnowgateError",
+    "KnowgateRunnable",
     "KnowledgeBase",
     "KnowledgeBaseConfig",
     "LanguageModel",
     "ModelConfig",
     "Policy",
+    "PolicySpec",
+    "QueryRouter",
     "RoutedAnswer",
     "Router",
     "RouterConfig",
@@ -54,15 +72,26 @@ __all__ = [
     "load_config",
     "load_model",
     "load_policy",
+    "policy_from_spec",
+    "router_from_config",
 ]
 
 if TYPE_CHECKING:
     from knowgate.config import RouterConfig, load_config
     from knowgate.errors import KnowgateError
+    from knowgate.experiments import DecisionLog, Experiment, ExperimentRouter, router_from_config
+    from knowgate.integrations.langchain import GatedRetriever, KnowgateRunnable
     from knowgate.models import LanguageModel, ModelConfig, load_model
-    from knowgate.policy import Decision, Policy, build_policy, load_policy
+    from knowgate.policy import (
+        Decision,
+        Policy,
+        PolicySpec,
+        build_policy,
+        load_policy,
+        policy_from_spec,
+    )
     from knowgate.retrieval import KnowledgeBase, KnowledgeBaseConfig
-    from knowgate.routing import RoutedAnswer, Router
+    from knowgate.routing import QueryRouter, RoutedAnswer, Router
     from knowgate.signals import SignalConfig, compute_features, feature_names
 
 

@@ -6,46 +6,30 @@ is an error rather than a silently ignored setting.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
+from knowgate.errors import InputError
 from knowgate.models.config import ModelConfig
+from knowgate.policy.spec import PolicySpec
 from knowgate.schema import StrictModel, load_yaml
 
 GateMode = Literal["pre", "draft"]
 
-
-class PolicySpec(StrictModel):
-    """Which gating policy decides.
-
-    Give ``path`` (a fitted policy JSON from ``knowgate calibrate``) or ``name`` with ``params``
-    (a registry policy such as ``always``, ``never``, ``random``, ``threshold``). With neither, the
-    policy bundled for the model is used (``configs/policies/<model>.json``); a model without a
-    bundled policy falls back to ``always`` with a warning.
-
-    Attributes:
-        path: fitted policy artifact.
-        name: registry name.
-        params: registry parameters for ``name``.
-        threshold: override the policy's p_known threshold (retrieve when p_known is below it).
-        force: use a policy fitted for a different model (its calibration will not transfer).
-    """
-
-    path: Path | None = None
-    name: str | None = None
-    params: dict[str, Any] = Field(default_factory=dict)
-    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
-    force: bool = False
-
-    @model_validator(mode="after")
-    def _one_source(self) -> PolicySpec:
-        if self.path is not None and self.name is not None:
-            raise ValueError("give either policy.path or policy.name, not both")
-        if self.params and self.name is None:
-            raise ValueError("policy.params needs policy.name")
-        return self
+__all__ = [
+    "ArmSpec",
+    "ExperimentSpec",
+    "GateConfig",
+    "GateMode",
+    "LimitsConfig",
+    "PolicySpec",
+    "RetrievalConfig",
+    "RouterConfig",
+    "load_config",
+]
 
 
 class GateConfig(StrictModel):
@@ -89,6 +73,31 @@ class LimitsConfig(StrictModel):
     """
 
     max_query_chars: int = Field(default=4000, ge=1)
+
+    def check_queries(self, queries: Sequence[str]) -> None:
+        """Refuse unusable queries: not a list of strings, empty, blank, or too long.
+
+        The router checks every request with it; the CLI calls it before it loads a model, so
+        a bad query fails in a moment.
+
+        Raises:
+            InputError: naming the query and what is wrong with it.
+        """
+        if isinstance(queries, str) or not isinstance(queries, Sequence):
+            raise InputError("route_batch takes a list of query strings")
+        if not queries:
+            raise InputError("no queries given")
+        for i, q in enumerate(queries):
+            where = f"query {i}" if len(queries) > 1 else "query"
+            if not isinstance(q, str):
+                raise InputError(f"{where} must be a string, got {type(q).__name__}")
+            if not q.strip():
+                raise InputError(f"{where} is empty")
+            if len(q) > self.max_query_chars:
+                raise InputError(
+                    f"{where} is {len(q)} characters; the limit is {self.max_query_chars} "
+                    f"(limits.max_query_chars)"
+                )
 
 
 class ArmSpec(StrictModel):

@@ -14,7 +14,7 @@ from knowgate.cli.common import print_json, user_errors, with_status
 
 if TYPE_CHECKING:
     from knowgate.config import RouterConfig
-    from knowgate.routing import RoutedAnswer, Router
+    from knowgate.routing import QueryRouter, RoutedAnswer
 
 
 # Router options shared by the commands that build a router (ask, serve).
@@ -60,13 +60,17 @@ def build_config(
     return RouterConfig.from_dict(base, source="command line")
 
 
-def load_router(config: RouterConfig, **kwargs: Any) -> Router:
-    """Build a router with a spinner (model load, policy, knowledge base)."""
-    from knowgate.routing import Router
+def load_router(config: RouterConfig, **kwargs: Any) -> QueryRouter:
+    """Build the configured router with a spinner (model load, policy, knowledge base).
+
+    A config with an ``experiment`` section gives an ExperimentRouter, which assigns arms and
+    logs every request.
+    """
+    from knowgate.experiments import router_from_config
 
     return with_status(
         f"loading {config.model.source}, policy and knowledge base...",
-        lambda: Router.from_config(config, **kwargs),
+        lambda: router_from_config(config, **kwargs),
     )
 
 
@@ -92,7 +96,7 @@ def print_routed(routed: RoutedAnswer, out: Console) -> None:
         for p in routed.passages:
             score = "" if p.score is None else f"{p.score:.3f}"
             snippet = " ".join(p.text.split())[:90]
-            table.add_row(str(p.rank), score, f"[bold]{p.title}[/] {snippet}")
+            table.add_row(str(p.rank), score, f"[bold]{p.title}[/] [dim]({p.id})[/] {snippet}")
         out.print(table)
     calls = ", ".join(f"{k} {v}" for k, v in routed.calls.items())
     timings = ", ".join(f"{k} {v:.0f}" for k, v in routed.timings_ms.items())
@@ -116,6 +120,7 @@ def ask(
         config = build_config(
             config_file, model=model, kb=kb, policy=policy, mode=mode, threshold=threshold, k=k
         )
+        config.limits.check_queries([question])  # before the model loads
         router = load_router(config)
         routed = router.route(question)
     if as_json:

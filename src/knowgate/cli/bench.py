@@ -102,17 +102,30 @@ def bench(
         help="Questions per dataset whose closed-book decode is re-timed in this run, to scale "
         "the cached closed-book times (0 = use them as cached).",
     ),
+    leave_one_out: bool = typer.Option(
+        True,
+        "--leave-one-dataset-out/--no-leave-one-dataset-out",
+        help="Also fit the shipped recipe without each dataset and score it there.",
+    ),
+    null: bool = typer.Option(
+        True,
+        "--null-check/--no-null-check",
+        help="Also cross-fit the main policies on labels permuted within each dataset.",
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Answer every question closed-book and with retrieval (both cached), then score policies."""
     from datetime import UTC, datetime
 
+    from knowgate.config import RetrievalConfig
     from knowgate.errors import ConfigError, DataError
-    from knowgate.evaluation.bench.both_branches import write_both_branches
     from knowgate.evaluation.bench.report import write_report
     from knowgate.evaluation.bench.runner import dataset_record, evaluate_benchmark, run_branches
-    from knowgate.evaluation.bench.sampling import sample_dataset
+    from knowgate.evaluation.bench.summary import RunRecord
+    from knowgate.evaluation.both_branches import write_both_branches
     from knowgate.evaluation.datasets import load_dataset
+    from knowgate.evaluation.reporting import fmt, fmt_interval
+    from knowgate.evaluation.sampling import sample_dataset
     from knowgate.retrieval import KnowledgeBase
 
     with user_errors():
@@ -132,7 +145,7 @@ def bench(
         started = time.perf_counter()
         knowledge_base = KnowledgeBase.load(kb)
         lm = load_language_model(model)
-        table, run_facts = run_branches(
+        table, phase_seconds, timings = run_branches(
             lm,
             datasets,
             knowledge_base,
@@ -144,7 +157,7 @@ def bench(
             timing_sample=timing_sample,
             progress=progress,
         )
-        written = write_both_branches(table, out)
+        written = write_both_branches(table.to_records(), out)
         branches_seconds = time.perf_counter() - started
         result = evaluate_benchmark(
             table,
@@ -153,10 +166,10 @@ def bench(
             calibration=calibration,
             bootstrap=bootstrap,
             singles=singles,
+            lodo=leave_one_out,
+            null=null,
             progress=progress,
         )
-        from knowgate.config import RetrievalConfig
-
         command = ["knowgate", "bench", "--model", model]
         for name in names:
             command += ["--data", name]
@@ -170,33 +183,38 @@ def bench(
         command += ["--bootstrap", str(bootstrap)] if bootstrap != 1000 else []
         command += [] if singles else ["--no-singles"]
         command += ["--timing-sample", str(timing_sample)] if timing_sample != 40 else []
-        result.summary["run"] = {
-            "command": shlex.join(command),
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": _machine(),
-            "model": model,
-            "datasets": dataset_record(datasets),
-            "knowledge_base": str(kb),
-            "knowledge_base_documents": len(knowledge_base),
-            "k": k or RetrievalConfig().k,
-            "closed_book_decode_retiming": run_facts["closed_book_decode_retiming"],
-            "seconds": {
-                **run_facts["seconds"],
+        command += [] if leave_one_out else ["--no-leave-one-dataset-out"]
+        command += [] if null else ["--no-null-check"]
+        result.summary.run = RunRecord(
+            command=shlex.join(command),
+            date=datetime.now(UTC).isoformat(timespec="seconds"),
+            machine=_machine(),
+            model=model,
+            datasets=dataset_record(datasets),
+            knowledge_base=str(kb),
+            knowledge_base_documents=len(knowledge_base),
+            k=k or RetrievalConfig().k,
+            closed_book_retiming=timings,
+            seconds={
+                **phase_seconds,
                 "branches_total": round(branches_seconds, 1),
                 "evaluation": round(time.perf_counter() - started - branches_seconds, 1),
             },
-            "both_branches": [str(p) for p in written],
-        }
+            both_branches=[str(p) for p in written],
+        )
         write_report(result, out)
-    t = result.summary["targets"]
+    t = result.summary.targets
     seconds = time.perf_counter() - started
-    if "policy" in t:
+    if t is not None:
         console.print(
-            f"[bold]{lm.model_id}[/]: {table.n} questions; always {t['always_accuracy']}, "
-            f"{t['policy']} ({t['operating_rule']}) {t['accuracy']} at retrieval rate "
-            f"{t['retrieval_rate']} (oracle {t['oracle_retrieval_rate']}), savings efficiency "
-            f"{t['savings_efficiency']}; results in {out} [{seconds:.0f} s]",
+            f"[bold]{lm.model_id}[/]: {table.n} questions; always {fmt(t.always_accuracy)}, "
+            f"{t.policy} ({t.operating_rule}) {fmt(t.accuracy)} at retrieval rate "
+            f"{fmt(t.retrieval_rate)}, skip recall {fmt_interval(t.skip_recall)}, skip "
+            f"precision {fmt_interval(t.skip_precision)}; results in {out} [{seconds:.0f} s]",
             highlight=False,
         )
     else:
-        console.print(f"{lm.model_id}: {t.get('note')}; results in {out} [{seconds:.0f} s]")
+        console.print(
+            f"{lm.model_id}: the headline policy could not be fitted; results in {out} "
+            f"[{seconds:.0f} s]"
+        )

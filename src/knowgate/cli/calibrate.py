@@ -68,10 +68,12 @@ def calibrate(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Run the data closed-book (cached), cross-validate the signals, fit and save a policy."""
-    from knowgate.evaluation.calibration_report import write_report
-    from knowgate.evaluation.calibration_study import build_table, resolve_features, run_study
-    from knowgate.evaluation.closed_book import run_closed_book
+    from knowgate.evaluation.branches.closed_book import run_closed_book
+    from knowgate.evaluation.calibration.report import write_report
+    from knowgate.evaluation.calibration.study import run_study
     from knowgate.evaluation.datasets import load_dataset
+    from knowgate.evaluation.labelled import build_table, resolve_features
+    from knowgate.evaluation.reporting import fmt, to_jsonable
     from knowgate.policy import fit_fused, parse_operating_point
 
     with user_errors():
@@ -99,7 +101,7 @@ def calibrate(
             bootstrap_resamples=bootstrap,
             progress=progress,
         )
-        sel = result.summary["fused"]["selected"]
+        sel = result.summary.selected
         generation = lm.config.generation
         prompt_config = {
             "prompt": lm.config.prompt.model_dump(mode="json"),
@@ -122,21 +124,10 @@ def calibrate(
             "datasets": [
                 {"name": ds.name, "content_hash": ds.content_hash, "n": len(ds)} for ds in datasets
             ],
-            "held_out_metrics": {
-                k: sel[k]
-                for k in (
-                    "auroc",
-                    "auroc_ci95",
-                    "auroc_within_relation",
-                    "auroc_per_dataset",
-                    "ece_before",
-                    "ece_after",
-                    "brier_before",
-                    "brier_after",
-                    "brier_skill_after",
-                )
-            },
-            "best_single_selected_feature": result.summary["best_single_selected_feature"],
+            "held_out_metrics": {k: v for k, v in to_jsonable(sel).items() if k != "features"},
+            "best_single_selected_feature": to_jsonable(
+                result.summary.best_single_selected_feature
+            ),
         }
         fitted = fit_fused(
             table.matrix(selected),
@@ -166,14 +157,14 @@ def calibrate(
             write_report(table, result, report, extra=extra)
     seconds = time.perf_counter() - started
     choice = fitted.threshold_choice
-    best = result.summary["best_single_selected_feature"] or {}
-    best_text = f"{best.get('feature')} {best.get('auroc_held_out')}" if best else "-"
+    best = result.summary.best_single_selected_feature
+    best_text = f"{best.feature} {best.auroc_held_out:.3f}" if best else "-"
     console.print(
         f"[bold]{fitted.policy.policy_id}[/] -> {out}\n"
         f"  {len(table.y)} questions, closed-book accuracy {table.y.mean():.3f}; "
-        f"{len(selected)} features; held-out AUROC {sel['auroc']} "
+        f"{len(selected)} features; held-out AUROC {fmt(sel.auroc)} "
         f"(best single selected feature: {best_text}), "
-        f"ECE {sel['ece_before']} -> {sel['ece_after']} ({calibration})\n"
+        f"ECE {fmt(sel.ece_before)} -> {fmt(sel.ece_after)} ({calibration})\n"
         f"  threshold {fitted.policy.threshold:.4f} ({operating_point}): retrieves "
         f"{choice.retrieval_rate:.1%} of calibration questions"
         + (f"; report in {report}" if report is not None else "")

@@ -2,8 +2,8 @@
 
 Builds (or reuses) a small knowledge base from the project's own documentation in ``docs/``, then
 routes a handful of questions: general knowledge the default model may answer closed-book, and
-questions about knowgate itself that it cannot know. Prints each decision, p_known, answer and
-timing, and a one-line summary.
+questions about knowgate itself that it cannot know. Prints each decision, p_known, answer,
+the documents a retrieved answer came from, and timing, and a one-line summary.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import hashlib
 import time
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -20,6 +21,9 @@ from rich.table import Table
 from knowgate.cli.app import app
 from knowgate.cli.common import console, user_errors, with_status
 from knowgate.errors import ConfigError
+
+if TYPE_CHECKING:
+    from knowgate.routing import RoutedAnswer
 
 #: (question, kind): "general" knowledge vs questions answered only by knowgate's docs.
 DEMO_QUESTIONS: tuple[tuple[str, str], ...] = (
@@ -58,6 +62,13 @@ def docs_fingerprint(docs: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def sources(routed: RoutedAnswer) -> str:
+    """The documents the answer's passages came from: ``title (id)``, best first."""
+    if not routed.passages:
+        return "-"
+    return "; ".join(f"{p.title or p.id} ({p.id})" for p in routed.passages)
+
+
 def demo_knowledge_base(docs: Path, cache_dir: Path) -> tuple[Path, bool]:
     """Directory of the docs knowledge base, building it when missing; ``(path, built)``."""
     from knowgate.errors import KnowledgeBaseError
@@ -82,8 +93,9 @@ def demo(
     mode: str | None = typer.Option(None, "--mode", help="Gate mode: pre or draft."),
 ) -> None:
     """Build a knowledge base from docs/ and route a few questions through the gate."""
-    from knowgate.cli.ask import build_config, load_router
+    from knowgate.cli.ask import build_config
     from knowgate.models.cache import default_cache_dir
+    from knowgate.routing import Router
 
     out = Console()
     with user_errors():
@@ -99,14 +111,17 @@ def demo(
         )
         config = build_config(None, model=model, mode=mode, kb=kb_dir)
         t = time.perf_counter()
-        router = load_router(config)
+        router = with_status(
+            f"loading {config.model.source} and its policy...",
+            lambda: Router.from_config(config),
+        )
         out.print(
             f"model: {router.model.model_id} ({router.model.architecture}), loaded in "
             f"{time.perf_counter() - t:.1f} s; policy: {router.policy.policy_id}; "
             f"gate: {router.mode}"
         )
         table = Table(title="knowgate demo", show_lines=True)
-        for col in ("question", "kind", "decision", "p_known", "answer", "ms"):
+        for col in ("question", "kind", "decision", "p_known", "answer", "source", "ms"):
             table.add_column(col, overflow="fold")
         routed_all = []
         for question, kind in DEMO_QUESTIONS:
@@ -118,7 +133,7 @@ def demo(
                 decision += " (fallback: " + routed.retrieval_error + ")"
             p_known = "n/a" if d.p_known is None else f"{d.p_known:.3f} / {d.threshold:.3f}"
             ms = f"{routed.timings_ms['total']:.0f}"
-            table.add_row(question, kind, decision, p_known, routed.answer, ms)
+            table.add_row(question, kind, decision, p_known, routed.answer, sources(routed), ms)
         out.print(table)
         n = len(routed_all)
         retrieved = sum(r.calls["retriever"] for r in routed_all)

@@ -32,7 +32,7 @@ def serve(
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
 ) -> None:
     """Serve the router over HTTP: POST /route, /route_batch, /feedback; GET /health, /docs."""
-    from knowgate.serving import create_app
+    from knowgate.integrations.serving import create_app
 
     with user_errors():
         config = build_config(
@@ -42,5 +42,9 @@ def serve(
         api = create_app(router)
     import uvicorn
 
-    console.print(f"knowgate serving {router.model.model_id} on http://{host}:{port} (docs: /docs)")
+    served = router.describe()
+    experiment = f", experiment {served['experiment']}" if served.get("experiment") else ""
+    console.print(
+        f"knowgate serving {served['model']}{experiment} on http://{host}:{port} (docs: /docs)"
+    )
     uvicorn.run(api, host=host, port=port, log_level="info")

@@ -164,6 +164,38 @@ def stratified_auroc(
     return StratifiedAUROC(weighted / pairs if pairs else float("nan"), used, pairs, per)
 
 
+def auroc_variance(value: float, n_positive: int, n_negative: int) -> float:
+    """Variance of an AUROC estimate (Hanley & McNeil 1982, "The meaning and use of the area
+    under a ROC curve"); at 0.5 it is the Mann-Whitney null variance ``(n1 + n0 + 1) / (12 n1 n0)``.
+    """  # noqa: D205
+    if n_positive < 1 or n_negative < 1 or not np.isfinite(value):
+        return float("nan")
+    q1 = value / (2.0 - value)
+    q2 = 2.0 * value**2 / (1.0 + value)
+    return float(
+        (
+            value * (1.0 - value)
+            + (n_positive - 1) * (q1 - value**2)
+            + (n_negative - 1) * (q2 - value**2)
+        )
+        / (n_positive * n_negative)
+    )
+
+
+def stratified_auroc_variance(result: StratifiedAUROC) -> float:
+    """Variance of a within-group AUROC: the pair-weighted per-group Hanley-McNeil variances."""
+    if not result.n_pairs:
+        return float("nan")
+    total = 0.0
+    for group in result.groups.values():
+        pairs = group.n_positive * (group.n - group.n_positive)
+        if pairs:
+            weight = pairs / result.n_pairs
+            var = auroc_variance(group.auroc, group.n_positive, group.n - group.n_positive)
+            total += weight**2 * var
+    return total
+
+
 @dataclass(frozen=True)
 class ConfidenceInterval:
     """A point estimate with a bootstrap percentile interval."""

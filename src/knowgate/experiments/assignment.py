@@ -128,7 +128,7 @@ class Assignment:
     policy_id: str
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (what the router puts into ``RoutedAnswer.extra["experiment"]``)."""
+        """JSON-able form (what an ExperimentRouter puts into ``extra["experiment"]``)."""
         return {
             "name": self.experiment,
             "arm": self.arm,

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 from knowgate.errors import ExperimentError
 
 if TYPE_CHECKING:
+    from knowgate.experiments.assignment import Assignment
     from knowgate.experiments.experiment import Experiment
     from knowgate.routing import RoutedAnswer
 
@@ -172,29 +173,28 @@ class DecisionRow:
     created_at: str = field(default_factory=utc_now)
 
     @classmethod
-    def from_routed(cls, routed: RoutedAnswer) -> DecisionRow:
-        """The row of a request routed under an experiment.
+    def from_routed(cls, routed: RoutedAnswer, assignment: Assignment) -> DecisionRow:
+        """The row of a request routed under ``assignment`` (its unit's arm).
 
         Raises:
-            ExperimentError: the answer carries no experiment assignment
-                (``routed.extra["experiment"]``).
+            ExperimentError: the request was not decided by the arm's policy.
         """
-        meta = routed.extra.get("experiment") if isinstance(routed.extra, Mapping) else None
-        if not isinstance(meta, Mapping):
-            raise ExperimentError(
-                f"request {routed.request_id} was not routed under an experiment "
-                "(no extra['experiment']); only experiment traffic is logged"
-            )
         d = routed.decision
+        if d.policy != assignment.policy_id:
+            raise ExperimentError(
+                f"request {routed.request_id} was decided by policy {d.policy}, not by the "
+                f"policy {assignment.policy_id} of arm {assignment.arm!r} of experiment "
+                f"{assignment.experiment!r}; only traffic routed under its arm is logged"
+            )
         return cls(
             request_id=routed.request_id,
-            experiment=meta["name"],
-            arm=meta["arm"],
-            unit_id=meta["unit_id"],
-            unit_id_source=meta["unit_id_source"],
-            bucket=int(meta["bucket"]),
+            experiment=assignment.experiment,
+            arm=assignment.arm,
+            unit_id=assignment.unit_id,
+            unit_id_source=assignment.unit_id_source,
+            bucket=assignment.bucket,
             policy_id=d.policy,
-            config_hash=meta["config_hash"],
+            config_hash=assignment.config_hash,
             retrieve=d.retrieve,
             retrieved=routed.retrieved,
             lm_calls=int(routed.calls.get("lm", 0)),
@@ -489,9 +489,17 @@ class DecisionLog:
                 (experiment.config_hash, definition, utc_now(), experiment.name),
             )
 
-    def record(self, routed: Sequence[RoutedAnswer]) -> int:
-        """Log routed experiment requests in one transaction; returns the number of rows."""
-        return self.record_rows([DecisionRow.from_routed(r) for r in routed])
+    def record(self, routed: Sequence[RoutedAnswer], assignments: Sequence[Assignment]) -> int:
+        """Log routed requests, each with its assignment, in one transaction; returns the count.
+
+        Raises:
+            ExperimentError: the lengths differ, or a row cannot be logged (see
+                :meth:`record_rows`).
+        """
+        if len(routed) != len(assignments):
+            raise ExperimentError(f"{len(routed)} routed requests but {len(assignments)} arms")
+        rows = [DecisionRow.from_routed(r, a) for r, a in zip(routed, assignments, strict=True)]
+        return self.record_rows(rows)
 
     def record_rows(self, rows: Sequence[DecisionRow]) -> int:
         """Log decision rows in one transaction (all or none).

@@ -20,10 +20,10 @@ from knowgate.experiments.assignment import (
     normalize_unit_id,
     random_unit_id,
 )
-from knowgate.policy import Policy, build_policy, load_policy
+from knowgate.policy import Policy, policy_from_spec
 
 if TYPE_CHECKING:
-    from knowgate.config import ExperimentSpec, PolicySpec
+    from knowgate.config import ExperimentSpec
 
 
 class Experiment:
@@ -90,15 +90,25 @@ class Experiment:
     ) -> Experiment:
         """Build from the router config's ``experiment`` section (policies loaded and checked).
 
+        Each arm's policy comes from :func:`knowgate.policy.policy_from_spec`, but must be named
+        (``path`` or ``name``): an arm never falls back to the model's bundled policy.
+
         Args:
             spec: the validated section.
             model_id: the router's model; fitted policies for another model are refused.
             force: accept policies fitted for another model.
+
+        Raises:
+            ExperimentError: an arm names no policy.
+            PolicyError: a policy cannot be loaded or built.
         """
-        arms = {
-            arm: policy_from_spec(a.policy, model_id=model_id, force=force, arm=arm)
-            for arm, a in spec.arms.items()
-        }
+        arms = {}
+        for arm, a in spec.arms.items():
+            if a.policy.path is None and a.policy.name is None:
+                raise ExperimentError(
+                    f"experiment {spec.name!r}, arm {arm!r}: give policy.path or policy.name"
+                )
+            arms[arm] = policy_from_spec(a.policy, model_id=model_id, force=force)
         weights = {arm: a.weight for arm, a in spec.arms.items()}
         return cls(spec.name, arms, weights, spec.salt)
 
@@ -199,23 +209,3 @@ def _weights_in_order(
         if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)):
             raise ExperimentError(f"experiment {name!r}: weights must be finite numbers: {values}")
     return [float(v) for v in values]
-
-
-def policy_from_spec(
-    spec: PolicySpec, *, model_id: str | None = None, force: bool = False, arm: str = "arm"
-) -> Policy:
-    """The policy a config ``PolicySpec`` names (``path`` or registry ``name``, then threshold).
-
-    Raises:
-        ExperimentError: the spec names no policy.
-        PolicyError: the policy cannot be loaded or built.
-    """
-    if spec.path is not None:
-        policy = load_policy(spec.path, model_id=model_id, force=force or spec.force)
-    elif spec.name is not None:
-        policy = build_policy(spec.name, **spec.params)
-    else:
-        raise ExperimentError(f"experiment arm {arm!r}: give policy.path or policy.name")
-    if spec.threshold is not None:
-        policy = policy.with_threshold(spec.threshold)
-    return policy

@@ -25,6 +25,7 @@ def _formatters(unit: Unit) -> tuple[Callable[[float], str], Callable[[float], s
 _METRIC_UNITS: dict[str, Unit] = {
     "retrieval_rate": "rate",
     "accuracy": "rate",
+    "latency_mean_ms": "ms",
     "latency_p50_ms": "ms",
     "wall_time_s": "s",
 }
@@ -51,19 +52,21 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
-def format_difference(d: Difference) -> list[str]:
-    """``[metric, control, treatment, difference [CI], p, Holm-adjusted p]`` as text cells."""
+def format_difference(d: Difference, *, design_effect: bool = True) -> list[str]:
+    """``[metric, control, treatment, difference [CI], (deff,) p, Holm-adjusted p]`` cells."""
     value, diff = _formatters(_METRIC_UNITS.get(d.metric, "number"))
 
     def show(x: float | None, fmt: Callable[[float], str]) -> str:
         return "-" if x is None else fmt(x)
 
     interval = "" if d.low is None or d.high is None else f" [{diff(d.low)}, {diff(d.high)}]"
+    deff = [show(d.design_effect, lambda x: f"{x:.2f}")] if design_effect else []
     return [
         d.metric,
         show(d.control, value),
         show(d.treatment, value),
         show(d.diff, diff) + interval,
+        *deff,
         format_p(d.p_value),
         format_p(d.p_adjusted if d.p_adjusted is not None else d.p_value),
     ]

@@ -4,29 +4,16 @@ The benchmark answers every question twice - closed-book and with retrieval - an
 results with the gate's features. A policy's outcome on a question is then known exactly
 without running the model: the retrieval branch's result when it retrieves, the closed-book
 one when it does not. Two policies are compared *paired*, on the same questions, which is
-far more sensitive than an A/B test of the same size: McNemar's test on correctness and on the
-retrieve decision, Wilcoxon's signed-rank test on wall time.
+far more sensitive than an A/B test of the same size. The question is the unit: Agresti and
+Min's adjusted Wald interval and test for correctness and for the retrieve decision, the paired
+t-test and interval for wall time and score - each interval from the same procedure as its test.
 
-Cache schema (``both_branches.jsonl`` in the cache directory, one JSON object per question)::
-
-    {
-      "id": "popqa_random/4121",          # unique in the file
-      "dataset": "popqa_random",          # optional
-      "model_id": "smollm2-135m",         # optional; the model whose features these are
-      "closed_book_correct": false,        # JSON true/false
-      "closed_book_score": 0.0,            # optional: e.g. token F1; null if not scored
-      "retrieval_correct": true,
-      "retrieval_score": 1.0,              # optional
-      "closed_book_seconds": 0.142,        # wall time of a request answered closed-book
-      "retrieval_seconds": 0.388,          # wall time of a request that retrieves
-      "features": {"next_token_max_prob": 0.41, "hidden_hoyer_last": 0.27, ...}
-    }
-
-Both times are of the whole request as the router would serve it (gate prefill included), so
-a replayed policy's wall time per question is ``retrieval_seconds`` when it retrieves and
-``closed_book_seconds`` otherwise. ``features`` holds every signal the gate computed (``null``
-for a value that could not be computed); the replay adds ``oracle_correct`` (the closed-book
-label) so the oracle policy can be replayed as a ceiling.
+The cache is the benchmark's both-branch file (``both_branches.jsonl``; schema, reader and the
+outcome rule in :mod:`knowgate.evaluation.both_branches`): per question both results, the
+per-stage wall times and every feature a gate could read. A replayed policy's outcome is the
+one the benchmark computes: the retrieval answer where it retrieves, else the closed-book
+answer, with the LM calls and latency of the request's path through the router (a policy that
+reads no signal - always, never - is served without a gate prefill).
 """
 
 from __future__ import annotations
@@ -34,13 +21,20 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import Field, StrictBool, ValidationError
 
 from knowgate.errors import ExperimentError, PolicyError
+from knowgate.evaluation.both_branches import (
+    CACHE_FILE,
+    BothBranchRecord,
+    BranchOutcomes,
+    cache_path,
+    policy_outcome,
+    read_both_branches,
+    stage_of,
+)
 from knowgate.experiments.formatting import format_difference, interval_text, table
 from knowgate.experiments.statistics import (
     Difference,
@@ -52,76 +46,18 @@ from knowgate.experiments.statistics import (
     proportion,
 )
 from knowgate.experiments.verdict import verdict
-from knowgate.jsonio import iter_jsonl
-from knowgate.policy import ORACLE_FEATURE, Policy
-from knowgate.schema import StrictModel, validation_problems
+from knowgate.policy import Policy
 
-CACHE_FILE = "both_branches.jsonl"
-
-
-class BothBranchRecord(StrictModel):
-    """One question's cached results on both branches (see the module docstring)."""
-
-    id: str = Field(min_length=1)
-    dataset: str | None = None
-    model_id: str | None = None
-    closed_book_correct: StrictBool
-    closed_book_score: float | None = Field(default=None, allow_inf_nan=False)
-    retrieval_correct: StrictBool
-    retrieval_score: float | None = Field(default=None, allow_inf_nan=False)
-    closed_book_seconds: float = Field(ge=0.0, allow_inf_nan=False)
-    retrieval_seconds: float = Field(ge=0.0, allow_inf_nan=False)
-    features: dict[str, float | None] = Field(default_factory=dict)
-
-    def gate_features(self) -> dict[str, float]:
-        """The features a policy sees: computed values plus ``oracle_correct``."""
-        out = {k: v for k, v in self.features.items() if v is not None}
-        out.setdefault(ORACLE_FEATURE, float(self.closed_book_correct))
-        return out
-
-
-def cache_path(cache: str | Path) -> Path:
-    """The JSONL file of a cache directory (or the file itself when given)."""
-    path = Path(cache)
-    return path / CACHE_FILE if path.is_dir() else path
-
-
-def read_both_branches(cache: str | Path) -> list[BothBranchRecord]:
-    """Read and validate a both-branch cache.
-
-    Raises:
-        ExperimentError: missing or empty file, bad JSON, a row off the schema (with its line
-            number), duplicate ids, or rows of different models.
-    """
-    path = cache_path(cache)
-    if not path.is_file():
-        raise ExperimentError(
-            f"both-branch cache not found: {path} (the benchmark writes {CACHE_FILE} into its "
-            "cache directory)"
-        )
-    records: list[BothBranchRecord] = []
-    seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as fh:
-        for lineno, where, raw in iter_jsonl(fh, path, ExperimentError):
-            if not isinstance(raw, dict):
-                raise ExperimentError(f"{where}: expected a JSON object")
-            try:
-                record = BothBranchRecord.model_validate(raw)
-            except ValidationError as exc:
-                problems = "; ".join(validation_problems(exc, root="<row>"))
-                raise ExperimentError(f"{where}: {problems}") from exc
-            if record.id in seen:
-                raise ExperimentError(
-                    f"{where}: duplicate id {record.id!r} (first on line {seen[record.id]})"
-                )
-            seen[record.id] = lineno
-            records.append(record)
-    if not records:
-        raise ExperimentError(f"both-branch cache is empty: {path}")
-    models = {r.model_id for r in records if r.model_id is not None}
-    if len(models) > 1:
-        raise ExperimentError(f"{path} mixes rows of several models: {sorted(models)}")
-    return records
+__all__ = [
+    "CACHE_FILE",
+    "BothBranchRecord",
+    "PolicyOutcome",
+    "ReplayReport",
+    "cache_path",
+    "format_replay",
+    "read_both_branches",
+    "replay",
+]
 
 
 @dataclass(frozen=True)
@@ -136,6 +72,8 @@ class PolicyOutcome:
         retrieval_rate: share sent to the retriever.
         wall_time_s: mean wall time per question.
         total_time_s: summed wall time.
+        lm_calls: mean LM calls per question, as the router counts them (one prompt through
+            the local model; see :func:`knowgate.evaluation.both_branches.policy_outcome`).
         score: mean score, when every row has both scores.
     """
 
@@ -146,6 +84,7 @@ class PolicyOutcome:
     retrieval_rate: Estimate
     wall_time_s: Estimate
     total_time_s: float
+    lm_calls: float
     score: Estimate | None
 
     def to_dict(self) -> dict[str, Any]:
@@ -197,6 +136,7 @@ class _Replayed:
     correct: np.ndarray
     retrieve: np.ndarray
     seconds: np.ndarray
+    lm_calls: np.ndarray
     score: np.ndarray | None
 
 
@@ -204,6 +144,7 @@ def _run_policy(
     label: str,
     policy: Policy,
     records: Sequence[BothBranchRecord],
+    branches: BranchOutcomes,
     features: list[dict[str, float]],
     *,
     force: bool,
@@ -221,20 +162,17 @@ def _run_policy(
     except PolicyError as exc:
         raise PolicyError(f"policy {label} cannot be replayed on this cache: {exc}") from exc
     retrieve = np.array([d.retrieve for d in decisions], dtype=bool)
-    cb = np.array([r.closed_book_correct for r in records], dtype=bool)
-    rag = np.array([r.retrieval_correct for r in records], dtype=bool)
-    cb_t = np.array([r.closed_book_seconds for r in records], dtype=np.float64)
-    rag_t = np.array([r.retrieval_seconds for r in records], dtype=np.float64)
-    score = None
-    if all(r.closed_book_score is not None and r.retrieval_score is not None for r in records):
-        cb_s = np.array([r.closed_book_score for r in records], dtype=np.float64)
-        rag_s = np.array([r.retrieval_score for r in records], dtype=np.float64)
-        score = np.where(retrieve, rag_s, cb_s)
+    outcome = policy_outcome(branches, retrieve, stage=stage_of(policy.required_features))
+    scored = bool(
+        np.isfinite(branches.closed_book_score).all()
+        and np.isfinite(branches.retrieval_score).all()
+    )
     return _Replayed(
-        correct=np.where(retrieve, rag, cb),
+        correct=outcome.correct.astype(bool),
         retrieve=retrieve,
-        seconds=np.where(retrieve, rag_t, cb_t),
-        score=score,
+        seconds=outcome.seconds,
+        lm_calls=outcome.lm_calls,
+        score=outcome.score if scored else None,
     )
 
 
@@ -245,7 +183,6 @@ def replay(
     alpha: float = 0.05,
     margin: float = 0.02,
     force: bool = False,
-    seed: int = 0,
     cache: str = "",
 ) -> ReplayReport:
     """Replay policies on cached both-branch results and compare each with the first.
@@ -257,7 +194,6 @@ def replay(
         margin: accuracy margin within which a cheaper policy wins (see
             :mod:`knowgate.experiments.verdict`).
         force: replay policies fitted for another model than the cache's.
-        seed: bootstrap seed.
         cache: where the records came from (for the report).
 
     Raises:
@@ -271,8 +207,9 @@ def replay(
     if not 0 < alpha < 1 or not 0 < margin < 1:
         raise ExperimentError(f"alpha and margin must be in (0, 1), got {alpha}, {margin}")
     features = [r.gate_features() for r in records]
+    branches = BranchOutcomes.from_records(records)
     replayed = {
-        label: _run_policy(label, p, records, features, force=force)
+        label: _run_policy(label, p, records, branches, features, force=force)
         for label, p in policies.items()
     }
     outcomes = [
@@ -284,6 +221,7 @@ def replay(
             retrieval_rate=proportion(int(r.retrieve.sum()), len(records), alpha),
             wall_time_s=mean_interval(r.seconds, alpha),
             total_time_s=float(r.seconds.sum()),
+            lm_calls=float(r.lm_calls.mean()),
             score=mean_interval(r.score, alpha) if r.score is not None else None,
         )
         for label, r in replayed.items()
@@ -294,9 +232,7 @@ def replay(
     raw: list[tuple[str, Difference]] = []
     for label in labels[1:]:
         r = replayed[label]
-        raw.append(
-            (label, paired_binary("accuracy", base.correct, r.correct, alpha=alpha, seed=seed))
-        )
+        raw.append((label, paired_binary("accuracy", base.correct, r.correct, alpha=alpha)))
         raw.append(
             (
                 label,
@@ -306,7 +242,6 @@ def replay(
                     r.retrieve,
                     alpha=alpha,
                     lower_is_better=True,
-                    seed=seed,
                 ),
             )
         )
@@ -319,14 +254,11 @@ def replay(
                     r.seconds,
                     alpha=alpha,
                     lower_is_better=True,
-                    seed=seed,
                 ),
             )
         )
         if base.score is not None and r.score is not None:
-            raw.append(
-                (label, paired_continuous("score", base.score, r.score, alpha=alpha, seed=seed))
-            )
+            raw.append((label, paired_continuous("score", base.score, r.score, alpha=alpha)))
     adjusted = holm_adjust([d for _, d in raw])
     comparisons: dict[str, list[Difference]] = {label: [] for label in labels[1:]}
     for (label, _), d in zip(raw, adjusted, strict=True):
@@ -344,8 +276,10 @@ def replay(
     else:
         text = verdict(control, comparisons, alpha=alpha, margin=margin)
         notes.append(
-            "Paired on the same questions; intervals are 95% paired-bootstrap intervals and "
-            "p-values are Holm-adjusted across all comparisons."
+            f"Paired on the same questions (the question is the unit); each interval "
+            f"({1 - alpha:.0%}, unadjusted) comes from the same procedure as its p-value, and "
+            "p (Holm) adjusts across all comparisons and decides the verdict. LM calls per "
+            "question as the router counts them: one per prompt through the local model."
         )
     return ReplayReport(
         cache=cache,
@@ -375,6 +309,7 @@ def format_replay(report: ReplayReport, width: int = 100) -> str:
             f"retrieval rate [{conf}]",
             "ms/question",
             "total s",
+            "LM calls/q",
             *(["mean score"] if scored else []),
             "policy id",
         ],
@@ -385,6 +320,7 @@ def format_replay(report: ReplayReport, width: int = 100) -> str:
                 interval_text(p.retrieval_rate, "rate"),
                 interval_text(p.wall_time_s, "s"),
                 f"{p.total_time_s:.1f}",
+                f"{p.lm_calls:.2f}",
                 *([interval_text(p.score, "number")] if scored else []),
                 p.policy_id,
             ]
@@ -397,7 +333,7 @@ def format_replay(report: ReplayReport, width: int = 100) -> str:
     )
     lines += ["", f"References on this cache: {refs}."]
     rows = [
-        [f"{label} - {report.control}", *format_difference(d)]
+        [f"{label} - {report.control}", *format_difference(d, design_effect=False)]
         for label, diffs in report.comparisons.items()
         for d in diffs
     ]

@@ -1,16 +1,18 @@
 """The plain-sentence verdict of a report or replay: which arm wins, or that the data cannot tell.
 
-Rules, per treatment arm against the control (differences are significant when their
+Rules, per treatment arm against the control (a difference is significant when its
 Holm-adjusted p-value is below alpha):
 
 1. Accuracy differs significantly: the more accurate arm wins; cost differences are stated.
-2. Accuracy does not differ, its confidence interval lies within +-margin, and the significant
-   cost differences (retrieval rate, latency or wall time) all favour one arm: that arm wins on
-   cost - a non-inferiority reading, so "no detectable difference" is never read as "equal"
-   unless the interval is narrow enough to say so.
+2. Accuracy does not differ, its (unadjusted) confidence interval lies within +-margin, and the
+   significant cost differences (retrieval rate, latency or wall time) all favour one arm: that
+   arm wins on cost - a non-inferiority reading, so "no detectable difference" is never read as
+   "equal" unless the interval is narrow enough to say so.
 3. The interval lies within +-margin and no cost differs: the arms are equivalent.
-4. Otherwise the data cannot tell yet; the sentence gives the interval and roughly how many
-   requests per arm would detect a difference of ``margin``.
+4. Otherwise the data cannot tell yet; the sentence gives the interval, says when only Holm's
+   adjustment keeps a difference from counting, and how many units per arm (questions, when
+   paired) would detect a difference of ``margin`` - from the per-unit variance the data show,
+   so the design effect of many requests per unit is included.
 
 Without outcomes there is no accuracy, so no arm is declared the winner.
 """
@@ -19,10 +21,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from knowgate.experiments.statistics import Difference, requests_to_detect
+from knowgate.experiments.statistics import Difference, units_to_detect
 
-COST_METRICS = ("retrieval_rate", "latency_p50_ms", "wall_time_s")
+COST_METRICS = ("retrieval_rate", "latency_mean_ms", "latency_p50_ms", "wall_time_s")
 SRM_ALPHA = 0.001  # sample-ratio-mismatch alarm level (the check: Fabijan et al., KDD 2019)
+POWER = 0.8
 
 
 def format_p(p: float | None) -> str:
@@ -33,8 +36,9 @@ def format_p(p: float | None) -> str:
 
 
 def _p(d: Difference) -> str:
-    if d.p_adjusted is not None and d.p_adjusted != d.p_value:
-        return f"Holm-adjusted {format_p(d.p_adjusted)}"
+    """The raw p-value, and the Holm-adjusted one where the adjustment changed it."""
+    if d.p_adjusted is not None and format_p(d.p_adjusted) != format_p(d.p_value):
+        return f"{format_p(d.p_value)}, Holm-adjusted {format_p(d.p_adjusted)}"
     return format_p(d.p_value)
 
 
@@ -50,10 +54,11 @@ def _cost_phrase(d: Difference, arm: str, control: str) -> str:
             f"{arm} retrieves {_pp(d.diff)} {way} often than {control} "
             f"({d.treatment:.1%} vs {d.control:.1%}, {_p(d)})"
         )
-    if d.metric == "latency_p50_ms":
+    if d.metric in ("latency_p50_ms", "latency_mean_ms"):
         way = "lower" if d.diff < 0 else "higher"
+        kind = "median" if d.metric == "latency_p50_ms" else "mean"
         return (
-            f"{arm}'s median latency is {abs(d.diff):.0f} ms {way} "
+            f"{arm}'s {kind} latency is {abs(d.diff):.0f} ms {way} "
             f"({d.treatment:.0f} vs {d.control:.0f} ms, {_p(d)})"
         )
     way = "less" if d.diff < 0 else "more"
@@ -63,10 +68,30 @@ def _cost_phrase(d: Difference, arm: str, control: str) -> str:
     )
 
 
-def _interval(d: Difference) -> str:
+def _interval(d: Difference, alpha: float) -> str:
     if d.low is None or d.high is None:
         return "no interval"
-    return f"95% CI {d.low * 100:+.1f} to {d.high * 100:+.1f} pp"
+    return f"{1 - alpha:.0%} CI {d.low * 100:+.1f} to {d.high * 100:+.1f} pp"
+
+
+def _sample_size(d: Difference, margin: float, alpha: float) -> str:
+    """``; about N units per arm ... would detect ...`` (empty when not computable)."""
+    need = units_to_detect(d, margin, alpha=alpha, power=POWER)
+    if need is None or d.units is None or d.requests is None:
+        return ""
+    goal = f"would detect a {margin * 100:.0f} pp accuracy difference with {POWER:.0%} power"
+    if d.paired:
+        return f"; about {need:,} questions {goal}"
+    per_unit = sum(d.requests) / sum(d.units)
+    design = ""
+    if d.design_effect is not None:
+        design = f"; design effect {d.design_effect:.2f}"
+        if d.design_effect < 0.995:  # shown below 1.00: the interval used the independent one
+            design += ", counted as 1"
+    return (
+        f"; about {need:,} units per arm (about {round(need * per_unit):,} requests at "
+        f"{per_unit:.1f} requests per unit{design}) {goal}"
+    )
 
 
 def arm_verdict(
@@ -84,7 +109,12 @@ def arm_verdict(
     sig_costs = [c for c in costs if c.significant(alpha)]
     cost_text = "; ".join(_cost_phrase(c, arm, control) for c in sig_costs)
     if acc is None or acc.p_value is None or acc.diff is None:
-        text = f"{arm} vs {control}: no outcomes recorded, so accuracy cannot be compared yet"
+        why = (
+            "no outcomes recorded"
+            if acc is None or acc.diff is None
+            else "fewer than two units with outcomes in an arm"
+        )
+        text = f"{arm} vs {control}: {why}, so accuracy cannot be compared yet"
         text += f"; {cost_text}" if sig_costs else "; the data cannot tell their costs apart"
         return text + ". Record outcomes (`knowgate ab feedback`) before choosing."
     assert acc.control is not None and acc.treatment is not None
@@ -93,7 +123,7 @@ def arm_verdict(
         hi, lo = max(acc.treatment, acc.control), min(acc.treatment, acc.control)
         text = (
             f"{winner} wins on accuracy over {loser}: {hi:.1%} vs {lo:.1%} "
-            f"({_pp(acc.diff)} higher, {_interval(acc)} for {arm} - {control}, {_p(acc)})"
+            f"({_pp(acc.diff)} higher, {_interval(acc, alpha)} for {arm} - {control}, {_p(acc)})"
         )
         return text + (f"; {cost_text}." if sig_costs else "; costs do not differ detectably.")
     within = (
@@ -104,26 +134,23 @@ def arm_verdict(
         cheaper, other = (arm, control) if directions == {True} else (control, arm)
         return (
             f"{cheaper} wins on cost: {cost_text}, with accuracy within ±{margin * 100:.0f} pp "
-            f"of {other} ({acc.treatment:.1%} vs {acc.control:.1%}, {_interval(acc)})."
+            f"of {other} ({acc.treatment:.1%} vs {acc.control:.1%}, {_interval(acc, alpha)})."
         )
     if within and not sig_costs:
         return (
             f"{arm} and {control} are equivalent: accuracy within ±{margin * 100:.0f} pp "
-            f"({_interval(acc)}) and no detectable cost difference."
+            f"({_interval(acc, alpha)}) and no detectable cost difference."
         )
+    holm_only = acc.p_value < alpha  # significant alone, not after Holm's adjustment
     text = (
         f"The data cannot tell yet whether {arm} or {control} is more accurate: "
-        f"{acc.treatment:.1%} vs {acc.control:.1%} ({_interval(acc)}, {_p(acc)})"
+        f"{acc.treatment:.1%} vs {acc.control:.1%} ({_interval(acc, alpha)}, {_p(acc)}"
+        + (": a difference on its own, but not after Holm's adjustment" if holm_only else "")
+        + ")"
     )
     if sig_costs:
         text += f"; {cost_text}"
-    need = requests_to_detect(acc.control, margin, alpha=alpha)
-    if need is not None:
-        text += (
-            f"; about {need:,} requests per arm would detect a {margin * 100:.0f} pp accuracy "
-            "difference with 80% power"
-        )
-    return text + "."
+    return text + _sample_size(acc, margin, alpha) + "."
 
 
 def verdict(

@@ -1,6 +1,6 @@
-"""LangChain integration: a routing ``Runnable`` and a ``GatedRetriever`` for existing RAG chains.
+"""LangChain integration: every adapter between knowgate and LangChain lives here.
 
-Depends only on ``langchain-core``.
+Depends only on ``langchain-core``. Knowgate in LangChain chains:
 
 - :class:`KnowgateRunnable` routes a question (a string, or a dict with a question key) and
   returns the answer string or the full :class:`~knowgate.routing.RoutedAnswer`; it composes in
@@ -8,8 +8,18 @@ Depends only on ``langchain-core``.
 - :class:`GatedRetriever` wraps the retriever of an existing chain: it returns no documents when
   the local model knows the answer, so the chain's LLM answers closed-book; otherwise it returns
   the inner retriever's documents, tagged with the decision in their metadata.
+- :class:`KnowledgeBaseRetriever` is a knowledge base as a LangChain retriever.
 - :class:`LocalChatModel` exposes the local model as a LangChain chat model, so a complete chain
   runs offline (the examples use it; any other chat model works the same).
+
+LangChain in the router:
+
+- :class:`LangChainPassageSource` lets the router retrieve from any LangChain retriever.
+- :class:`LangChainGenerator` lets a LangChain chat model or LLM write the router's answers.
+
+The runnable and the gated retriever take any :class:`~knowgate.routing.QueryRouter`: a
+:class:`~knowgate.routing.Router`, or an :class:`~knowgate.experiments.ExperimentRouter` running
+an A/B test on top of one.
 
 Both emit a ``knowgate_decision`` custom event (see ``on_custom_event`` in LangChain callbacks)
 with the decision, p_known and threshold, and take the p_known threshold per request through the
@@ -17,17 +27,18 @@ configurable field ``threshold``::
 
     chain.invoke(q, config={"configurable": {"threshold": 0.4}})
 
-With an A/B experiment on the router, :class:`KnowgateRunnable` reads the experiment unit
-(user, session) from the run's config - ``metadata["unit_id"]`` or
-``configurable["unit_id"]`` - so the same user always gets the same arm::
+With an :class:`~knowgate.experiments.ExperimentRouter`, both read the experiment unit (user,
+session) from the run's config - ``metadata["unit_id"]`` or ``configurable["unit_id"]`` - so the
+same user always gets the same arm::
 
     chain.invoke(q, config={"metadata": {"unit_id": "user-42"}})
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from langchain_core.callbacks import (
@@ -37,19 +48,28 @@ from langchain_core.callbacks import (
 )
 from langchain_core.documents import Document
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import (
     ConfigurableField,
     RunnableConfig,
     RunnableSerializable,
+    ensure_config,
 )
 from pydantic import ConfigDict, Field
 
-from knowgate.errors import InputError
+from knowgate.errors import ConfigError, InputError
 from knowgate.models import LanguageModel
-from knowgate.routing import RoutedAnswer, Router
+from knowgate.retrieval import KnowledgeBase, SearchMode
+from knowgate.routing import (
+    GateResult,
+    GenerationRequest,
+    PassageTrace,
+    QueryRouter,
+    RoutedAnswer,
+    finite_score,
+)
 
 DECISION_EVENT = "knowgate_decision"
 UNIT_ID_KEY = "unit_id"
@@ -60,7 +80,7 @@ THRESHOLD_FIELD = ConfigurableField(
 )
 
 
-def _event_payload(answer_or_gate: Any, query: str) -> dict[str, Any]:
+def _event_payload(answer_or_gate: RoutedAnswer | GateResult, query: str) -> dict[str, Any]:
     d = answer_or_gate.decision
     payload = {
         "query": query,
@@ -70,8 +90,8 @@ def _event_payload(answer_or_gate: Any, query: str) -> dict[str, Any]:
         "policy": d.policy,
         "mode": d.mode,
     }
-    experiment = getattr(answer_or_gate, "extra", {}).get("experiment")
-    if experiment:  # the A/B arm, when the router runs an experiment
+    experiment = answer_or_gate.extra.get("experiment")
+    if experiment:  # the A/B arm, when an ExperimentRouter routed it
         payload["experiment"] = experiment
     return payload
 
@@ -94,10 +114,11 @@ def _emit(payload: dict[str, Any], callbacks: Any) -> None:
 
 
 class KnowgateRunnable(RunnableSerializable[Any, Any]):
-    """Routes questions through a :class:`~knowgate.Router` inside LCEL chains.
+    """Routes questions through a router inside LCEL chains.
 
     Attributes:
-        router: the router.
+        router: a :class:`~knowgate.routing.Router` or an
+            :class:`~knowgate.experiments.ExperimentRouter`.
         output: ``answer`` returns the answer string; ``routed`` the full RoutedAnswer.
         question_key: for dict inputs, the key holding the question.
         threshold: p_known threshold override (configurable per request as ``threshold``).
@@ -105,14 +126,14 @@ class KnowgateRunnable(RunnableSerializable[Any, Any]):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    router: Router = Field(exclude=True)
+    router: QueryRouter = Field(exclude=True)
     output: Literal["answer", "routed"] = "answer"
     question_key: str = "question"
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
 
     @classmethod
     def configurable_for(
-        cls, router: Router, *, output: Literal["answer", "routed"] = "answer", **kwargs: Any
+        cls, router: QueryRouter, *, output: Literal["answer", "routed"] = "answer", **kwargs: Any
     ) -> Any:
         """A runnable whose threshold is overridable via ``configurable={"threshold": ...}``."""
         return cls(router=router, output=output, **kwargs).configurable_fields(
@@ -178,8 +199,6 @@ class KnowgateRunnable(RunnableSerializable[Any, Any]):
 
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         """Async :meth:`invoke` (the model runs in a worker thread)."""
-        import asyncio
-
         return await asyncio.to_thread(self.invoke, input, config, **kwargs)
 
     async def abatch(
@@ -191,8 +210,6 @@ class KnowgateRunnable(RunnableSerializable[Any, Any]):
         **kwargs: Any,
     ) -> list[Any]:
         """Async :meth:`batch`."""
-        import asyncio
-
         return await asyncio.to_thread(
             self.batch, inputs, config, return_exceptions=return_exceptions, **kwargs
         )
@@ -202,28 +219,47 @@ class GatedRetriever(BaseRetriever):
     """Drop-in replacement for a chain's retriever that retrieves only when the model does not know.
 
     Attributes:
-        router: supplies the local model and policy (its own retriever is not used).
+        router: supplies the local model and policy (its own retriever is not used); an
+            ExperimentRouter decides with the arm of the run's unit (``unit_id`` in the run
+            config's ``metadata`` or ``configurable``).
         retriever: the inner retriever whose documents are returned when retrieving.
         threshold: p_known threshold override (configurable per request as ``threshold``).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    router: Router = Field(exclude=True)
+    router: QueryRouter = Field(exclude=True)
     retriever: BaseRetriever
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
 
     @classmethod
-    def configurable_for(cls, router: Router, retriever: BaseRetriever, **kwargs: Any) -> Any:
+    def configurable_for(cls, router: QueryRouter, retriever: BaseRetriever, **kwargs: Any) -> Any:
         """A gated retriever whose threshold is overridable per request."""
         return cls(router=router, retriever=retriever, **kwargs).configurable_fields(
             threshold=THRESHOLD_FIELD
         )
 
-    def _get_relevant_documents(
-        self, query: str, *, run_manager: CallbackManagerForRetrieverRun
+    def invoke(
+        self, input: str, config: RunnableConfig | None = None, **kwargs: Any
     ) -> list[Document]:
-        gate = self.router.gate(query, threshold=self.threshold)
+        """Gate ``input`` (with the arm of the run's unit, under an experiment), then retrieve."""
+        config = ensure_config(config)
+        return super().invoke(input, config, unit_id=unit_id_from_config(config), **kwargs)
+
+    async def ainvoke(
+        self, input: str, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> list[Document]:
+        """Async :meth:`invoke` (the model runs in a worker thread)."""
+        return await asyncio.to_thread(self.invoke, input, config, **kwargs)
+
+    def _get_relevant_documents(
+        self,
+        query: str,
+        *,
+        run_manager: CallbackManagerForRetrieverRun,
+        unit_id: str | int | None = None,
+    ) -> list[Document]:
+        gate = self.router.gate(query, threshold=self.threshold, unit_id=unit_id)
         payload = _event_payload(gate, query)
         _emit(payload, run_manager.get_child())
         if not gate.decision.retrieve:
@@ -290,3 +326,131 @@ class LocalChatModel(BaseChatModel):
             text = text.split(s, 1)[0]
         message = AIMessage(content=text, response_metadata={"model": self.model.model_id})
         return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+class KnowledgeBaseRetriever(BaseRetriever):
+    """Retrieves passages from a :class:`~knowgate.retrieval.KnowledgeBase`.
+
+    Each LangChain document has the passage text as ``page_content``, the passage id as ``id``,
+    and ``id``, ``title``, ``score``, ``rank`` (plus the passage's own metadata) as metadata.
+
+    Attributes:
+        knowledge_base: the base to search.
+        k: passages per query; ``invoke(query, k=3)`` overrides it for one call.
+        mode: ``dense``, ``bm25`` or ``hybrid``; ``None`` uses the base's configured mode.
+            ``invoke(query, mode="bm25")`` overrides it for one call.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    knowledge_base: KnowledgeBase
+    k: int = Field(default=5, ge=1)
+    mode: SearchMode | None = None
+
+    def _get_relevant_documents(
+        self,
+        query: str,
+        *,
+        run_manager: CallbackManagerForRetrieverRun,
+        k: int | None = None,
+        mode: SearchMode | None = None,
+        **kwargs: Any,
+    ) -> list[Document]:
+        if kwargs:
+            raise TypeError(f"unexpected retriever arguments: {', '.join(sorted(kwargs))}")
+        passages = self.knowledge_base.search(
+            query, k=self.k if k is None else k, mode=mode or self.mode
+        )
+        return [
+            Document(
+                id=p.id,
+                page_content=p.text,
+                metadata={
+                    **p.metadata,
+                    "id": p.id,
+                    "title": p.title,
+                    "score": p.score,
+                    "rank": p.rank,
+                },
+            )
+            for p in passages
+        ]
+
+
+class LangChainPassageSource:
+    """A LangChain retriever as the router's passage source.
+
+    Documents become passages: ``id`` and ``title`` from their metadata (the document's own id,
+    else ``doc<rank>``, when the metadata has none), ``score`` from ``metadata["score"]`` when it
+    is a finite number. The retriever's own ``k`` applies first, then the router's ``k`` cuts.
+
+    Args:
+        retriever: any LangChain ``BaseRetriever``.
+
+    Raises:
+        ConfigError: ``retriever`` is not a LangChain retriever.
+    """
+
+    def __init__(self, retriever: BaseRetriever) -> None:
+        """Wrap ``retriever``."""
+        if not isinstance(retriever, BaseRetriever):
+            raise ConfigError(
+                f"LangChainPassageSource needs a LangChain BaseRetriever, got "
+                f"{type(retriever).__name__}"
+            )
+        self._retriever = retriever
+        self.name = type(retriever).__name__
+
+    def retrieve(self, queries: Sequence[str], k: int) -> list[list[PassageTrace]]:
+        """Invoke the retriever for each query (its ``batch`` runs them concurrently)."""
+        out = []
+        for docs in self._retriever.batch(list(queries)):
+            passages = []
+            for i, doc in enumerate(docs[:k], start=1):
+                meta = dict(doc.metadata or {})
+                passages.append(
+                    PassageTrace(
+                        id=str(meta.get("id", doc.id or f"doc{i}")),
+                        title=str(meta.get("title", "")),
+                        text=doc.page_content,
+                        score=finite_score(meta.get("score")),
+                        rank=i,
+                    )
+                )
+            out.append(passages)
+        return out
+
+
+class LangChainGenerator:
+    """A LangChain chat model or LLM as the router's answer writer.
+
+    It gets the messages the local model's chat prompt is built from: the config's system
+    prompt (closed-book or RAG), then the question - after ``Context:`` and the numbered
+    passages when the gate retrieved.
+
+    Args:
+        model: any LangChain chat model or LLM (anything with ``invoke(messages)``).
+    """
+
+    def __init__(self, model: Any) -> None:
+        """Wrap ``model``."""
+        if not callable(getattr(model, "invoke", None)):
+            raise ConfigError(
+                f"LangChainGenerator needs a LangChain chat model or LLM, got "
+                f"{type(model).__name__}"
+            )
+        self.model = model
+
+    @staticmethod
+    def messages(request: GenerationRequest) -> list[BaseMessage]:
+        """The chat messages for one request."""
+        if request.context:
+            user = f"Context:\n{request.context}\n\nQuestion: {request.query}"
+        else:
+            user = request.query
+        return [SystemMessage(request.system_prompt), HumanMessage(user)]
+
+    def answer(self, request: GenerationRequest) -> str:
+        """The model's answer (a chat message's content, or an LLM's text), stripped."""
+        result = self.model.invoke(self.messages(request))
+        return str(getattr(result, "content", result)).strip()

@@ -18,6 +18,7 @@ _EXPORTS: dict[str, str] = {
     "PACKAGED_MODELS": "knowgate.models.packaged",
     "PackagedModel": "knowgate.models.packaged",
     "resolve_source": "knowgate.models.loading",
+    "model_fingerprint": "knowgate.models.fingerprint",
     "BlockLayout": "knowgate.models.architecture",
     "discover_layout": "knowgate.models.architecture",
     "Draft": "knowgate.models.language_model",
@@ -43,6 +44,7 @@ __all__ = [
     "RunOutput",
     "discover_layout",
     "load_model",
+    "model_fingerprint",
     "resolve_source",
     "summarize_logits",
 ]
@@ -56,6 +58,7 @@ if TYPE_CHECKING:
         ModelConfig,
         PromptConfig,
     )
+    from knowgate.models.fingerprint import model_fingerprint
     from knowgate.models.language_model import (
         Draft,
         LanguageModel,

@@ -1,12 +1,14 @@
 """Gating policies: features in, a retrieve / don't-retrieve :class:`Decision` out.
 
-Pure: policies see feature dictionaries and arrays, never a model or a retriever. Fitted
-policies are saved as versioned JSON and loaded with :func:`load_policy`; every policy can be
-built by registry name with :func:`build_policy`.
+Pure: policies see feature dictionaries and arrays, never a model or a retriever. A policy comes
+from a :class:`PolicySpec` through :func:`policy_from_spec` (a saved artifact, a registry name
+with parameters, or the policy bundled for the model); :func:`build_policy` (by name) and
+:func:`load_policy` (from a file) are its shorthands. Fitted policies are saved as versioned
+JSON (``policy.save``).
 """
 
 from knowgate.policy.artifact import FORMAT_VERSION
-from knowgate.policy.base import Policy
+from knowgate.policy.base import NoParams, Policy
 from knowgate.policy.baselines import AlwaysRetrieve, NeverRetrieve, RandomRetrieve
 from knowgate.policy.calibration import CALIBRATION_METHODS, fit_calibrator
 from knowgate.policy.decision import Decision
@@ -27,9 +29,12 @@ from knowgate.policy.popularity import POPULARITY_FEATURE, PopularityPolicy
 from knowgate.policy.registry import (
     POLICY_REGISTRY,
     build_policy,
+    bundled_policy_path,
     load_policy,
     policy_from_artifact,
+    policy_from_spec,
 )
+from knowgate.policy.spec import PolicySpec
 from knowgate.policy.threshold import ThresholdPolicy
 
 __all__ = [
@@ -47,9 +52,11 @@ __all__ = [
     "FusedPolicy",
     "LinearScorer",
     "NeverRetrieve",
+    "NoParams",
     "OperatingPoint",
     "OraclePolicy",
     "Policy",
+    "PolicySpec",
     "PopularityPolicy",
     "RandomRetrieve",
     "RetrievalBudget",
@@ -57,6 +64,7 @@ __all__ = [
     "ThresholdChoice",
     "ThresholdPolicy",
     "build_policy",
+    "bundled_policy_path",
     "choose_threshold",
     "cross_fitted_p_known",
     "fit_calibrator",
@@ -64,4 +72,5 @@ __all__ = [
     "load_policy",
     "parse_operating_point",
     "policy_from_artifact",
+    "policy_from_spec",
 ]

@@ -13,27 +13,24 @@ Layout (format version 1)::
       "created": "2026-...Z", "knowgate_version": "0.1.0"
     }
 
-Loading validates every field (unknown keys, wrong types, non-finite numbers, non-monotone
-isotonic breakpoints, a ``policy_id`` that does not match the contents) and raises
+This module is the file format alone - the envelope schema, strict JSON reading and atomic
+writing - and imports no policy: :meth:`Policy.to_dict <knowgate.policy.base.Policy.to_dict>`
+fills the envelope, and the registry (:func:`knowgate.policy.policy_from_artifact`) validates the
+policy-specific parts (``params``, operating point, ``policy_id``) and raises
 :class:`~knowgate.errors.PolicyError` saying what is wrong.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
-from knowgate.errors import ConfigError, PolicyError
+from knowgate.errors import PolicyError
 from knowgate.jsonio import atomic_write_text
-from knowgate.policy.operating_points import OperatingPoint, operating_point_from_dict
 from knowgate.schema import StrictModel, validation_problems
-
-if TYPE_CHECKING:
-    from knowgate.policy.base import Policy
 
 ARTIFACT_FORMAT = "knowgate-policy"
 FORMAT_VERSION = 1
@@ -55,28 +52,6 @@ class PolicyArtifact(StrictModel):
     training: dict[str, Any] | None = None
     created: str | None = None
     knowgate_version: str | None = None
-
-
-def policy_to_artifact(policy: Policy) -> dict[str, Any]:
-    """The artifact dict of ``policy``."""
-    from knowgate import __version__
-
-    op: OperatingPoint | None = policy.operating_point
-    return {
-        "format": ARTIFACT_FORMAT,
-        "format_version": FORMAT_VERSION,
-        "policy": policy.name,
-        "policy_id": policy.policy_id,
-        "model_id": policy.model_id,
-        "prompt_config": dict(policy.prompt_config) if policy.prompt_config else None,
-        "required_features": list(policy.required_features),
-        "params": policy.params(),
-        "threshold": policy.threshold,
-        "operating_point": op.model_dump(mode="json") if op is not None else None,
-        "training": dict(policy.training) if policy.training else None,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "knowgate_version": __version__,
-    }
 
 
 def save_artifact(artifact: dict[str, Any], path: Path) -> None:
@@ -127,13 +102,3 @@ def validate_envelope(data: dict[str, Any], source: str) -> PolicyArtifact:
     except ValidationError as exc:
         problems = "; ".join(validation_problems(exc))
         raise PolicyError(f"{source}: invalid policy artifact: {problems}") from exc
-
-
-def parse_operating_point(data: dict[str, Any] | None, source: str) -> OperatingPoint | None:
-    """The artifact's operating point, validated."""
-    if data is None:
-        return None
-    try:
-        return operating_point_from_dict(data)
-    except ConfigError as exc:
-        raise PolicyError(f"{source}: {exc}") from exc

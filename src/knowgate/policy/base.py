@@ -4,6 +4,11 @@ Policies are pure: they see feature dictionaries (or matrices built from them), 
 Inputs are validated strictly - a missing feature, a non-number or a NaN is a
 :class:`~knowgate.errors.PolicyError` naming the feature - because a silently imputed signal
 would make a retrieval decision no one can explain.
+
+Policies are declarative (the pattern of sentence-transformers' ``config_keys``): each class
+names its parameter model (``params_model``, whose fields are constructor arguments and the
+artifact's ``params``) and the fit records its constructor takes (``metadata_keys``), so the
+registry builds, saves and loads every policy the same way, with no case per class.
 """
 
 from __future__ import annotations
@@ -12,19 +17,25 @@ import hashlib
 import json
 import math
 import numbers
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import numpy as np
 from numpy.typing import NDArray
+from pydantic import ValidationError
 
-from knowgate.errors import PolicyError
+from knowgate._version import __version__
+from knowgate.errors import ConfigError, PolicyError
+from knowgate.policy.artifact import ARTIFACT_FORMAT, FORMAT_VERSION, save_artifact
 from knowgate.policy.decision import Decision
+from knowgate.policy.operating_points import OperatingPoint, parse_operating_point
+from knowgate.schema import StrictModel, validation_problems
 
-if TYPE_CHECKING:
-    from knowgate.policy.operating_points import OperatingPoint
+#: Every fit record a policy constructor may take as a keyword (``metadata_keys`` choose).
+METADATA_KEYS = ("threshold", "model_id", "operating_point", "training", "prompt_config")
 
 
 def feature_value(features: Mapping[str, Any], name: str, policy_id: str) -> float:
@@ -73,11 +84,21 @@ def content_digest(content: Any, length: int = 6) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
+class NoParams(StrictModel):
+    """The parameter model of a policy that takes no parameters."""
+
+
 class Policy(ABC):
     """A gating policy: decides per request whether to call the retriever.
 
-    Attributes:
+    Class attributes (the declaration the registry reads):
         name: the registry name (``always``, ``fused``, ...).
+        params_model: the parameter model; its fields are keyword arguments of the constructor
+            and attributes of the instance, and make up the artifact's ``params``.
+        metadata_keys: which fit records (of :data:`METADATA_KEYS`) the constructor takes as
+            keyword arguments; an artifact stores them beside ``params``.
+
+    Attributes:
         policy_id: stable, human-readable id, e.g. ``fused-v1:smollm2-135m:3f2a9c``; it changes
             whenever anything that affects decisions changes (parameters, threshold).
         required_features: feature names the policy reads (signals-registry names; ``s_pop``
@@ -90,6 +111,8 @@ class Policy(ABC):
     """
 
     name: ClassVar[str]
+    params_model: ClassVar[type[StrictModel]] = NoParams
+    metadata_keys: ClassVar[tuple[str, ...]] = ()
     required_features: tuple[str, ...] = ()
     model_id: str | None = None
     threshold: float | None = None
@@ -106,9 +129,43 @@ class Policy(ABC):
     def _decide_matrix(self, x: NDArray[np.float64]) -> list[Decision]:
         """Decisions for validated rows of ``required_features``."""
 
-    @abstractmethod
     def params(self) -> dict[str, Any]:
-        """The policy-specific parameters, JSON-able (the artifact's ``params``)."""
+        """The declared parameters, JSON-able (the artifact's ``params``)."""
+        values = {name: getattr(self, name) for name in self.params_model.model_fields}
+        return self.params_model.model_validate(values).model_dump(mode="json")
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], **metadata: Any) -> Self:
+        """Build from declared parameters (validated by ``params_model``) and fit records.
+
+        Args:
+            params: the parameters, as stored in an artifact or given to ``build_policy``.
+            **metadata: fit records named in ``metadata_keys``; ``None`` values are left out,
+                and an operating point may be given in any form of
+                :func:`~knowgate.policy.operating_points.parse_operating_point`.
+
+        Raises:
+            PolicyError: unknown or invalid parameters or fit records.
+        """
+        undeclared = sorted(k for k, v in metadata.items() if k not in cls.metadata_keys)
+        if undeclared:
+            raise PolicyError(
+                f"a {cls.name} policy takes no {', '.join(undeclared)}"
+                + (f" (it takes {', '.join(cls.metadata_keys)})" if cls.metadata_keys else "")
+            )
+        records = {k: v for k, v in metadata.items() if v is not None}
+        if "operating_point" in records:
+            try:
+                records["operating_point"] = parse_operating_point(records["operating_point"])
+            except ConfigError as exc:
+                raise PolicyError(str(exc)) from exc
+        try:
+            validated = cls.params_model.model_validate(dict(params))
+        except ValidationError as exc:
+            problems = "; ".join(validation_problems(exc, root="params"))
+            raise PolicyError(f"invalid {cls.name} parameters: {problems}") from exc
+        values = {name: getattr(validated, name) for name in type(validated).model_fields}
+        return cls(**values, **records)
 
     def decide(self, features: Mapping[str, Any]) -> Decision:
         """Decide for one request.
@@ -140,14 +197,25 @@ class Policy(ABC):
 
     def to_dict(self) -> dict[str, Any]:
         """The versioned artifact as a JSON-able dict (see :mod:`knowgate.policy.artifact`)."""
-        from knowgate.policy.artifact import policy_to_artifact
-
-        return policy_to_artifact(self)
+        op = self.operating_point
+        return {
+            "format": ARTIFACT_FORMAT,
+            "format_version": FORMAT_VERSION,
+            "policy": self.name,
+            "policy_id": self.policy_id,
+            "model_id": self.model_id,
+            "prompt_config": dict(self.prompt_config) if self.prompt_config else None,
+            "required_features": list(self.required_features),
+            "params": self.params(),
+            "threshold": self.threshold,
+            "operating_point": op.model_dump(mode="json") if op is not None else None,
+            "training": dict(self.training) if self.training else None,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "knowgate_version": __version__,
+        }
 
     def save(self, path: str | Path) -> None:
         """Write the policy as versioned, human-readable JSON (atomically; never pickle)."""
-        from knowgate.policy.artifact import save_artifact
-
         save_artifact(self.to_dict(), Path(path))
 
     def __repr__(self) -> str:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from pydantic import Field
 
 from knowgate.errors import PolicyError
 from knowgate.policy.base import Policy, check_threshold
 from knowgate.policy.decision import Decision
+from knowgate.schema import StrictModel
 
 
 class AlwaysRetrieve(Policy):
@@ -21,9 +22,6 @@ class AlwaysRetrieve(Policy):
     @property
     def policy_id(self) -> str:  # noqa: D102
         return "always"
-
-    def params(self) -> dict[str, Any]:  # noqa: D102
-        return {}
 
     def _decide_matrix(self, x: NDArray[np.float64]) -> list[Decision]:
         return [Decision(True, None, None, "always", "always retrieve")] * x.shape[0]
@@ -38,11 +36,15 @@ class NeverRetrieve(Policy):
     def policy_id(self) -> str:  # noqa: D102
         return "never"
 
-    def params(self) -> dict[str, Any]:  # noqa: D102
-        return {}
-
     def _decide_matrix(self, x: NDArray[np.float64]) -> list[Decision]:
         return [Decision(False, None, None, "never", "never retrieve")] * x.shape[0]
+
+
+class RandomParams(StrictModel):
+    """Parameters of the random policy (ranges are checked by the policy, with their names)."""
+
+    rate: float = Field(default=0.5, strict=True)
+    seed: int = Field(default=0, strict=True)
 
 
 class RandomRetrieve(Policy):
@@ -53,6 +55,7 @@ class RandomRetrieve(Policy):
     """
 
     name = "random"
+    params_model = RandomParams
 
     def __init__(self, rate: float = 0.5, seed: int = 0) -> None:
         """Create the policy; ``rate`` is the probability of retrieving, in [0, 1]."""
@@ -67,9 +70,6 @@ class RandomRetrieve(Policy):
     @property
     def policy_id(self) -> str:  # noqa: D102
         return f"random:rate={self.rate:g}:seed={self.seed}"
-
-    def params(self) -> dict[str, Any]:  # noqa: D102
-        return {"rate": self.rate, "seed": self.seed}
 
     def with_threshold(self, threshold: float) -> RandomRetrieve:
         """Same seed, another retrieval rate."""

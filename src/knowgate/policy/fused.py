@@ -83,6 +83,8 @@ class FusedPolicy(Policy):
     """
 
     name = "fused"
+    params_model = FusedParams
+    metadata_keys = ("threshold", "model_id", "operating_point", "training", "prompt_config")
 
     def __init__(
         self,
@@ -116,18 +118,6 @@ class FusedPolicy(Policy):
     def calibration(self) -> str:
         """The calibration method (``isotonic``, ``sigmoid``, ``temperature`` or ``none``)."""
         return str(self.calibrator.method)  # type: ignore[attr-defined]
-
-    def params(self) -> dict[str, Any]:  # noqa: D102
-        return {
-            "scorer": self.scorer.model_dump(mode="json"),
-            "calibrator": self.calibrator.model_dump(mode="json"),
-        }
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any], **kwargs: Any) -> FusedPolicy:
-        """Rebuild from stored ``params`` (validated)."""
-        p = FusedParams.model_validate(dict(params))
-        return cls(p.scorer, p.calibrator, **kwargs)
 
     def with_threshold(self, threshold: float) -> FusedPolicy:
         """The same fitted model cutting at another p_known threshold."""

@@ -26,6 +26,7 @@ its threshold. The four operating points:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -73,41 +74,52 @@ OperatingPoint = Annotated[
     Field(discriminator="kind"),
 ]
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(OperatingPoint)
+_SHAPES: dict[str, tuple[tuple[str, ...], int]] = {  # kind -> (argument names, required count)
+    "probability": (("threshold",), 1),
+    "budget": (("max_retrieval_rate",), 1),
+    "accuracy": (("target", "delta"), 1),
+    "cost": (("retrieval_cost", "wrong_answer_cost"), 2),
+}
 
 
-def operating_point_from_dict(data: Any) -> OperatingPoint:
-    """Validate an operating point mapping (``{"kind": "budget", "max_retrieval_rate": 0.3}``)."""
+def parse_operating_point(value: str | Mapping[str, Any] | OperatingPoint) -> OperatingPoint:
+    """An operating point from any of its three forms, validated.
+
+    Args:
+        value: the CLI form (``probability:0.5``, ``budget:0.3``, ``accuracy:0.9[:0.05]``,
+            ``cost:1:10``), the stored form (``{"kind": "budget", "max_retrieval_rate": 0.3}``,
+            as in policy artifacts and configs), or an operating point (returned as is).
+
+    Raises:
+        ConfigError: an unknown kind, missing or non-numeric arguments, or values out of range.
+    """
+    if isinstance(value, FixedProbability | RetrievalBudget | TargetAccuracy | ExpectedCost):
+        return value
+    if isinstance(value, str):
+        value = _text_form(value)
     try:
-        return _ADAPTER.validate_python(data)  # type: ignore[no-any-return,unused-ignore]
+        return _ADAPTER.validate_python(value)  # type: ignore[no-any-return,unused-ignore]
     except ValidationError as exc:
-        raise ConfigError(f"invalid operating point {data!r}: {exc.errors()[0]['msg']}") from exc
+        raise ConfigError(f"invalid operating point {value!r}: {exc.errors()[0]['msg']}") from exc
 
 
-def parse_operating_point(text: str) -> OperatingPoint:
-    """Parse the CLI form: ``probability:0.5``, ``budget:0.3``, ``accuracy:0.9[:0.05]``,
-    ``cost:1:10``.
-    """  # noqa: D205
+def _text_form(text: str) -> dict[str, Any]:
+    """The mapping a CLI-form operating point stands for."""
     kind, _, rest = text.strip().partition(":")
     args = [a for a in rest.split(":") if a] if rest else []
     try:
         nums = [float(a) for a in args]
     except ValueError as exc:
         raise ConfigError(f"operating point {text!r}: arguments must be numbers") from exc
-    shapes: dict[str, tuple[tuple[str, ...], int]] = {
-        "probability": (("threshold",), 1),
-        "budget": (("max_retrieval_rate",), 1),
-        "accuracy": (("target", "delta"), 1),
-        "cost": (("retrieval_cost", "wrong_answer_cost"), 2),
-    }
-    if kind not in shapes:
+    if kind not in _SHAPES:
         raise ConfigError(
             f"unknown operating point {kind!r} in {text!r}; use probability:P, budget:R, "
             "accuracy:A[:DELTA] or cost:C_RETRIEVE:C_WRONG"
         )
-    names, required = shapes[kind]
+    names, required = _SHAPES[kind]
     if not required <= len(nums) <= len(names):
         raise ConfigError(f"operating point {text!r}: {kind} takes {':'.join(names)}")
-    return operating_point_from_dict({"kind": kind, **dict(zip(names, nums, strict=False))})
+    return {"kind": kind, **dict(zip(names, nums, strict=False))}
 
 
 def format_operating_point(op: OperatingPoint) -> str:

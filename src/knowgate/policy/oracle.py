@@ -7,8 +7,6 @@ with the low closed-book accuracy of small models, even a perfect gate skips few
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from numpy.typing import NDArray
 
@@ -27,9 +25,6 @@ class OraclePolicy(Policy):
     @property
     def policy_id(self) -> str:  # noqa: D102
         return "oracle"
-
-    def params(self) -> dict[str, Any]:  # noqa: D102
-        return {}
 
     def _decide_matrix(self, x: NDArray[np.float64]) -> list[Decision]:
         out = []

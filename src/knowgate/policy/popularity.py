@@ -9,22 +9,32 @@ baseline: real traffic carries no page-view count.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from numpy.typing import ArrayLike
+from pydantic import Field
 
 from knowgate.errors import PolicyError
 from knowgate.policy.operating_points import OperatingPoint
 from knowgate.policy.threshold import Direction, ThresholdPolicy
+from knowgate.schema import StrictModel
 
 POPULARITY_FEATURE = "s_pop"
+
+
+class PopularityParams(StrictModel):
+    """Parameters of the popularity policy: ``{"value": N}`` alone is enough."""
+
+    feature: Literal["s_pop"] = "s_pop"
+    direction: Literal["higher_is_known"] = "higher_is_known"
+    value: float = Field(allow_inf_nan=False)
 
 
 class PopularityPolicy(ThresholdPolicy):
     """Retrieve when ``s_pop`` < ``value`` page views."""
 
     name = "popularity"
+    params_model = PopularityParams
 
     def __init__(
         self,
@@ -40,14 +50,6 @@ class PopularityPolicy(ThresholdPolicy):
                 f"got {feature!r}, {direction!r} (use the threshold policy for other features)"
             )
         super().__init__(feature, direction, value, **kwargs)
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any], **kwargs: Any) -> PopularityPolicy:
-        """Rebuild from stored ``params``; ``{"value": N}`` alone is enough."""
-        full = {"feature": POPULARITY_FEATURE, "direction": "higher_is_known", **dict(params)}
-        policy = super().from_params(full, **kwargs)
-        assert isinstance(policy, PopularityPolicy)
-        return policy
 
     @classmethod
     def fit_popularity(

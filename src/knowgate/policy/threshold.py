@@ -7,7 +7,7 @@ Moskvoretskii et al. 2025, arXiv 2501.12835): a fused policy should beat the bes
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -38,6 +38,8 @@ class ThresholdPolicy(Policy):
     """
 
     name = "threshold"
+    params_model: ClassVar[type[StrictModel]] = ThresholdParams
+    metadata_keys = ("model_id", "operating_point", "training", "prompt_config")
 
     def __init__(
         self,
@@ -72,18 +74,14 @@ class ThresholdPolicy(Policy):
         return 1.0 if self.direction == "higher_is_known" else -1.0
 
     @property
+    def value(self) -> float:
+        """The cut, in the feature's own units (the ``value`` parameter; also ``threshold``)."""
+        return float(self.threshold)  # type: ignore[arg-type]
+
+    @property
     def policy_id(self) -> str:  # noqa: D102
         digest = content_digest([self.name, self.model_id, self.params()])
         return f"{self.name}-v1:{short_model_name(self.model_id)}:{self.feature}:{digest}"
-
-    def params(self) -> dict[str, Any]:  # noqa: D102
-        return {"feature": self.feature, "direction": self.direction, "value": self.threshold}
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any], **kwargs: Any) -> ThresholdPolicy:
-        """Rebuild from stored ``params`` (validated)."""
-        p = ThresholdParams.model_validate(dict(params))
-        return cls(p.feature, p.direction, p.value, **kwargs)
 
     def with_threshold(self, threshold: float) -> ThresholdPolicy:
         """The same feature and direction, another cut value."""

@@ -21,10 +21,11 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from knowgate._version import __version__
 from knowgate.errors import InputError, KnowledgeBaseError
 from knowgate.retrieval.config import KnowledgeBaseConfig, SearchMode
 from knowgate.retrieval.corpus import IngestReport, Sources, collect_documents
@@ -48,9 +49,6 @@ from knowgate.retrieval.manifest import (
     verify_files,
     write_manifest,
 )
-
-if TYPE_CHECKING:
-    from knowgate.retrieval.langchain_retriever import KnowledgeBaseRetriever
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +206,7 @@ class KnowledgeBase:
         manifest = Manifest(
             format=FORMAT_NAME,
             format_version=FORMAT_VERSION,
-            knowgate_version=_knowgate_version(),
+            knowgate_version=__version__,
             created_at=self._created_at,
             updated_at=_now(),
             embedding_model_id=self.embedding_model_id,
@@ -340,12 +338,6 @@ class KnowledgeBase:
                 [self._passage(row, score, rank) for rank, (row, score) in enumerate(hits, start=1)]
             )
         return results
-
-    def as_retriever(self, k: int = 5, **kwargs: Any) -> KnowledgeBaseRetriever:
-        """A LangChain ``BaseRetriever`` over this base (``k`` also settable per call)."""
-        from knowgate.retrieval.langchain_retriever import KnowledgeBaseRetriever
-
-        return KnowledgeBaseRetriever(knowledge_base=self, k=k, **kwargs)
 
     # ------------------------------------------------------------------ inspection
 
@@ -529,9 +521,3 @@ def _fsync_tree(directory: Path) -> None:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _knowgate_version() -> str:
-    from knowgate import __version__
-
-    return __version__

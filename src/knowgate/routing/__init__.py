@@ -1,17 +1,22 @@
 """Routing: compose model, policy and retriever into answers with a full trace."""
 
-from knowgate.routing.retrievers import PassageSource, as_passage_source
-from knowgate.routing.router import GateResult, Router, bundled_policy_path, resolve_policy
-from knowgate.routing.trace import DecisionTrace, PassageTrace, RoutedAnswer
+from knowgate.routing.generator import AnswerGenerator, GenerationRequest
+from knowgate.routing.protocol import QueryRouter
+from knowgate.routing.retrievers import PassageSource, as_passage_source, finite_score
+from knowgate.routing.router import Router, load_knowledge_base
+from knowgate.routing.trace import DecisionTrace, GateResult, PassageTrace, RoutedAnswer
 
 __all__ = [
+    "AnswerGenerator",
     "DecisionTrace",
     "GateResult",
+    "GenerationRequest",
     "PassageSource",
     "PassageTrace",
+    "QueryRouter",
     "RoutedAnswer",
     "Router",
     "as_passage_source",
-    "bundled_policy_path",
-    "resolve_policy",
+    "finite_score",
+    "load_knowledge_base",
 ]

@@ -1,4 +1,10 @@
-"""Adapters that let the router take passages from a knowledge base or any LangChain retriever."""
+"""Where the router's passages come from: a knowledge base, or any searchable object.
+
+The router asks a :class:`PassageSource` for the top-k passages of a batch of queries. A
+:class:`~knowgate.retrieval.KnowledgeBase` (or anything with ``search_batch``/``search``) is
+adapted here; adapters for other libraries' retrievers live in :mod:`knowgate.integrations`
+(LangChain: ``knowgate.integrations.langchain.LangChainPassageSource``).
+"""
 
 from __future__ import annotations
 
@@ -21,7 +27,8 @@ class PassageSource(Protocol):
         ...
 
 
-def _score(value: Any) -> float | None:
+def finite_score(value: Any) -> float | None:
+    """A retriever's score as a finite float, or ``None`` when it gives none (or NaN/inf)."""
     try:
         score = float(value)
     except (TypeError, ValueError):
@@ -51,7 +58,7 @@ class SearchableSource:
                     id=str(p.id),
                     title=str(getattr(p, "title", "") or ""),
                     text=str(p.text),
-                    score=_score(getattr(p, "score", None)),
+                    score=finite_score(getattr(p, "score", None)),
                     rank=i,
                 )
                 for i, p in enumerate(hits[:k], start=1)
@@ -60,46 +67,19 @@ class SearchableSource:
         ]
 
 
-class LangChainSource:
-    """A LangChain ``BaseRetriever``: documents become passages (``id``/``title`` from metadata)."""
-
-    def __init__(self, retriever: Any) -> None:
-        """Wrap a LangChain retriever; its own ``k`` applies, then the router's ``k`` cuts."""
-        self._retriever = retriever
-        self.name = type(retriever).__name__
-
-    def retrieve(self, queries: Sequence[str], k: int) -> list[list[PassageTrace]]:
-        """Invoke the retriever for each query (its ``batch`` runs them concurrently)."""
-        batches = self._retriever.batch(list(queries))
-        out = []
-        for docs in batches:
-            passages = []
-            for i, doc in enumerate(docs[:k], start=1):
-                meta = dict(doc.metadata or {})
-                passages.append(
-                    PassageTrace(
-                        id=str(meta.get("id", doc.id or f"doc{i}")),
-                        title=str(meta.get("title", "")),
-                        text=doc.page_content,
-                        score=_score(meta.get("score")),
-                        rank=i,
-                    )
-                )
-            out.append(passages)
-        return out
-
-
 def as_passage_source(retriever: Any, mode: str | None = None) -> PassageSource:
-    """Adapt a knowledge base, a LangChain retriever or a searchable object."""
-    from langchain_core.retrievers import BaseRetriever
+    """Adapt a knowledge base or a searchable object; a :class:`PassageSource` is used as is.
 
-    if isinstance(retriever, BaseRetriever):
-        return LangChainSource(retriever)
-    if hasattr(retriever, "search_batch") or hasattr(retriever, "search"):
-        return SearchableSource(retriever, mode)
+    Raises:
+        ConfigError: the object is none of these (the message says how to adapt a LangChain
+            retriever).
+    """
     if isinstance(retriever, PassageSource):
         return retriever
+    if hasattr(retriever, "search_batch") or hasattr(retriever, "search"):
+        return SearchableSource(retriever, mode)
     raise ConfigError(
-        f"cannot use {type(retriever).__name__} as a retriever: pass a knowgate KnowledgeBase, a "
-        f"LangChain BaseRetriever, or an object with search(query, k)"
+        f"cannot use {type(retriever).__name__} as a retriever: pass a knowgate KnowledgeBase, an "
+        f"object with search(query, k), or a PassageSource; wrap a LangChain retriever in "
+        f"knowgate.integrations.langchain.LangChainPassageSource"
     )

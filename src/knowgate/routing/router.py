@@ -9,6 +9,10 @@ Flow per request (see docs/concepts.md)::
 The model is shared under its lock (every forward pass of a ``LanguageModel`` is serialised), so
 a ``Router`` may be used from many threads; throughput comes from ``route_batch``, which prefills
 and decodes requests together.
+
+The router knows nothing of experiments, LangChain or HTTP: A/B tests sit on top of it
+(:class:`knowgate.experiments.ExperimentRouter`), adapters beside them in
+:mod:`knowgate.integrations`.
 """
 
 from __future__ import annotations
@@ -18,40 +22,23 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from knowgate.config import GateMode, RouterConfig, load_config
-from knowgate.errors import ConfigError, InputError, PolicyError
+from knowgate.errors import ConfigError, InputError, KnowledgeBaseError, PolicyError
 from knowgate.models import Draft, LanguageModel, Prefill
-from knowgate.policy import Decision, Policy, build_policy, load_policy
+from knowgate.policy import Decision, Policy, policy_from_spec
+from knowgate.routing.generator import AnswerGenerator, GenerationRequest
 from knowgate.routing.retrievers import PassageSource, as_passage_source
-from knowgate.routing.trace import DecisionTrace, PassageTrace, RoutedAnswer
+from knowgate.routing.trace import DecisionTrace, GateResult, PassageTrace, RoutedAnswer
 from knowgate.signals import SignalConfig, compute_features, feature_specs
 from knowgate.signals.question import QUESTION_FEATURES, compute_question_features
 
-if TYPE_CHECKING:  # experiments sit on top of the router; imported only for annotations
-    from knowgate.experiments import DecisionLog, Experiment
+if TYPE_CHECKING:
+    from knowgate.retrieval import KnowledgeBase
 
 log = logging.getLogger(__name__)
-
-
-def bundled_policy_path(model_id: str) -> Path | None:
-    """The policy fitted and shipped for a packaged model, if there is one."""
-    candidate = resources.files("knowgate").joinpath(f"resources/policies/{model_id}.json")
-    return Path(str(candidate)) if candidate.is_file() else None
-
-
-@dataclass(frozen=True)
-class GateResult:
-    """The gate's verdict for one query, without generating an answer."""
-
-    decision: DecisionTrace
-    features: dict[str, float]
-    timings_ms: dict[str, float]
-    model: str
 
 
 class _Stages:
@@ -73,20 +60,24 @@ class Router:
 
     Args:
         model: the local language model; it always gates, and answers unless ``generator`` is set.
-        policy: the gating policy.
-        retriever: a :class:`~knowgate.retrieval.KnowledgeBase`, any LangChain ``BaseRetriever``,
-            or an object with ``search(query, k)``. ``None``: retrieving requests are answered
-            closed-book and their trace records ``retrieval_error``.
-        config: the router config (gate mode, k, limits); model and policy given here win.
-        generator: optional LangChain chat model / LLM that writes the answers instead of the
-            local model. The gate then measures the *local* model's familiarity with the query,
-            as a proxy for the generator's.
+        policy: the gating policy (the config's ``policy.threshold`` overrides its cut).
+        retriever: a :class:`~knowgate.retrieval.KnowledgeBase`, an object with
+            ``search(query, k)``, or a :class:`~knowgate.routing.PassageSource` (a LangChain
+            retriever: ``knowgate.integrations.langchain.LangChainPassageSource``). ``None``:
+            retrieving requests are answered closed-book and their trace records
+            ``retrieval_error``.
+        config: the router config (gate mode, k, limits); model and policy given here win. Its
+            ``experiment`` section is not the router's: build it with
+            :meth:`knowgate.experiments.ExperimentRouter.from_config`.
+        generator: an :class:`~knowgate.routing.AnswerGenerator` that writes the answers instead
+            of the local model (a LangChain chat model or LLM:
+            ``knowgate.integrations.langchain.LangChainGenerator``). The gate then measures the
+            *local* model's familiarity with the query, as a proxy for the generator's.
         signal_config: which signals to compute.
-        experiment: an A/B experiment: each request's unit id picks the arm whose policy
-            decides (see docs/experiments.md); the arm is in ``RoutedAnswer.extra``.
-        decision_log: where experiment requests are logged (needs ``experiment``); the
-            experiment is registered on construction, which fails if its definition changed
-            after it logged traffic.
+
+    Raises:
+        ConfigError: an unusable retriever, generator or policy.
+        PolicyError: a policy fitted for another model (unless ``policy.force``).
     """
 
     def __init__(
@@ -96,14 +87,18 @@ class Router:
         retriever: Any | None = None,
         *,
         config: RouterConfig | None = None,
-        generator: Any | None = None,
+        generator: AnswerGenerator | None = None,
         signal_config: SignalConfig | None = None,
-        experiment: Experiment | None = None,
-        decision_log: DecisionLog | None = None,
     ) -> None:
         """Compose a router from ready components (see :meth:`from_config` to build them)."""
         self.config = config or RouterConfig(model=model.config)
         self.model = model
+        if generator is not None and not isinstance(generator, AnswerGenerator):
+            raise ConfigError(
+                f"cannot use {type(generator).__name__} as a generator: it needs an "
+                f"answer(request) method; wrap a LangChain chat model or LLM in "
+                f"knowgate.integrations.langchain.LangChainGenerator"
+            )
         self.generator = generator
         self.signal_config = signal_config or SignalConfig()
         self.source: PassageSource | None = (
@@ -111,16 +106,10 @@ class Router:
             if retriever is not None
             else None
         )
-        self.policy = self._checked_policy(policy)
-        if decision_log is not None and experiment is None:
-            raise ConfigError("a decision log needs an experiment to log")
-        if experiment is not None:
-            for arm_policy in experiment.arms.values():
-                self._validate_policy(arm_policy)
-            if decision_log is not None:
-                decision_log.register(experiment)
-        self.experiment = experiment
-        self.decision_log = decision_log
+        self.check_policy(policy)
+        if self.config.policy.threshold is not None:
+            policy = policy.with_threshold(self.config.policy.threshold)
+        self.policy = policy
 
     # --------------------------------------------------------------------------- building
     @classmethod
@@ -130,46 +119,41 @@ class Router:
         *,
         model: LanguageModel | None = None,
         retriever: Any | None = None,
-        generator: Any | None = None,
+        generator: AnswerGenerator | None = None,
     ) -> Router:
         """Build a router from a config object or YAML path (``None``: defaults).
 
         Components passed as arguments are used instead of loading them from the config.
+
+        Raises:
+            ConfigError: the config has an ``experiment`` section (build it with
+                :meth:`knowgate.experiments.ExperimentRouter.from_config`), or is invalid.
         """
         if not isinstance(config, RouterConfig):
             config = load_config(config)
+        if config.experiment is not None:
+            raise ConfigError(
+                f"the config defines experiment {config.experiment.name!r}, which a Router "
+                f"does not run; build it with knowgate.experiments.ExperimentRouter.from_config"
+            )
         lm = model or LanguageModel.load(config.model)
-        policy = resolve_policy(config, lm.model_id)
+        # The constructor applies policy.threshold (to this policy or one passed in code).
+        spec = config.policy.model_copy(update={"threshold": None})
+        policy = policy_from_spec(spec, model_id=lm.model_id)
         if retriever is None and config.retrieval.knowledge_base is not None:
             retriever = load_knowledge_base(
                 config.retrieval.knowledge_base, config.retrieval.embedding_model
             )
-        experiment = decision_log = None
-        if config.experiment is not None:
-            from knowgate.experiments import DecisionLog, Experiment
+        return cls(lm, policy, retriever, config=config, generator=generator)
 
-            experiment = Experiment.from_spec(
-                config.experiment, model_id=lm.model_id, force=config.policy.force
-            )
-            if config.experiment.decision_log is not None:
-                decision_log = DecisionLog(config.experiment.decision_log)
-        return cls(
-            lm,
-            policy,
-            retriever,
-            config=config,
-            generator=generator,
-            experiment=experiment,
-            decision_log=decision_log,
-        )
+    def check_policy(self, policy: Policy) -> None:
+        """Check that ``policy`` can decide for this router's requests.
 
-    def _checked_policy(self, policy: Policy) -> Policy:
-        self._validate_policy(policy)
-        if self.config.policy.threshold is not None:
-            policy = policy.with_threshold(self.config.policy.threshold)
-        return policy
-
-    def _validate_policy(self, policy: Policy) -> None:
+        Raises:
+            ConfigError: not a Policy, it reads features a live request does not have, or draft
+                features under a pre-generation gate.
+            PolicyError: it was fitted for another model (unless the config's ``policy.force``).
+        """
         if not isinstance(policy, Policy):
             raise ConfigError(f"policy must be a knowgate Policy, got {type(policy).__name__}")
         if (
@@ -221,11 +205,11 @@ class Router:
         Args:
             query: the user's question.
             threshold: per-request override of the p_known threshold.
-            policy: per-request policy; checked like the default. It bypasses a configured
-                experiment (the request is neither assigned nor logged).
+            policy: per-request policy instead of the router's; checked like it (and the
+                config's ``policy.threshold`` overrides its cut, as it does the router's).
             metadata: optional question metadata for question-only features.
-            unit_id: the experiment unit (user, session) that picks the arm; ``None`` gets a
-                random id, recorded as such. Ignored without an experiment.
+            unit_id: who asks (user, session); a Router answers everyone alike and ignores it
+                (see :class:`~knowgate.routing.QueryRouter`).
 
         Raises:
             InputError: the query is empty, not a string, or too long.
@@ -250,23 +234,20 @@ class Router:
     ) -> list[RoutedAnswer]:
         """Answer many queries; prefill, decode and retrieval run in batches.
 
-        With an experiment configured (and no ``policy``/``policies``), each query's unit id
-        picks its arm, the arm goes into ``RoutedAnswer.extra["experiment"]``, and the batch
-        is logged to the decision log in one transaction.
-
         Args:
             queries: the questions.
-            threshold: p_known threshold override for every query (not with an experiment:
-                it would change the arms' policies).
-            policy: one policy for every query instead of the router's (bypasses the
-                experiment).
-            policies: one policy per query; excludes ``policy`` (bypasses the experiment).
+            threshold: p_known threshold override for every query.
+            policy: one policy for every query instead of the router's (the config's
+                ``policy.threshold`` overrides its cut, as it does the router's).
+            policies: one policy per query, used as given (an ExperimentRouter passes each
+                request's arm); excludes ``policy``.
             metadata: per-query metadata for question-only features.
-            unit_ids: per-query experiment unit ids (``None`` entries get random ids).
+            unit_ids: who asks, per query; a Router answers everyone alike and ignores them
+                (see :class:`~knowgate.routing.QueryRouter`).
 
         Raises:
             InputError: bad queries, or mismatched lengths of the per-query arguments.
-            ExperimentError: a unit id is invalid, or the decision log cannot be written.
+            ConfigError: a policy that cannot decide for this router (see :meth:`check_policy`).
         """
         self._validate_queries(queries)
         n = len(queries)
@@ -276,25 +257,19 @@ class Router:
             isinstance(unit_ids, str) or not isinstance(unit_ids, Sequence) or len(unit_ids) != n
         ):
             raise InputError(f"unit_ids must be a list with one entry per query ({n})")
-        assignments = None
-        if self.experiment is not None and policy is None and policies is None:
-            if threshold is not None:
-                raise InputError(
-                    f"a threshold override would change the policies of experiment "
-                    f"{self.experiment.name!r}; set thresholds in the arms' definitions"
-                )
-            ids = list(unit_ids) if unit_ids is not None else [None] * n
-            assignments = [self.experiment.assign(u) for u in ids]
-        if assignments is not None and self.experiment is not None:
-            arms = self.experiment.arms
-            policies = [arms[a.arm] for a in assignments]  # validated at construction
-        elif policies is None:
-            base = self._checked_policy(policy) if policy is not None else self.policy
-            policies = [base] * n
+        if policies is not None:
+            if isinstance(policies, Policy) or len(policies) != n:
+                raise InputError(f"policies must be a list with one policy per query ({n})")
+            for p in dict.fromkeys(policies):
+                self.check_policy(p)
+            policies = list(policies)
+        elif policy is not None:
+            self.check_policy(policy)
+            if self.config.policy.threshold is not None:
+                policy = policy.with_threshold(self.config.policy.threshold)
+            policies = [policy] * n
         else:
-            if len(policies) != n:
-                raise InputError(f"{len(policies)} policies for {n} queries")
-            policies = [self._checked_policy(p) for p in policies]
+            policies = [self.policy] * n
         if threshold is not None:
             policies = [p.with_threshold(threshold) for p in policies]
         meta: list[Mapping[str, Any] | None] = (
@@ -309,11 +284,6 @@ class Router:
             out.extend(
                 self._route_chunk(list(queries[start:stop]), policies[start:stop], meta[start:stop])
             )
-        if assignments is not None:
-            for routed, assignment in zip(out, assignments, strict=True):
-                routed.extra["experiment"] = assignment.to_dict()
-            if self.decision_log is not None:
-                self.decision_log.record(out)
         return out
 
     async def aroute(self, query: str, **kwargs: Any) -> RoutedAnswer:
@@ -330,14 +300,32 @@ class Router:
         *,
         threshold: float | None = None,
         metadata: Mapping[str, Any] | None = None,
+        unit_id: str | int | None = None,
+        policy: Policy | None = None,
     ) -> GateResult:
         """Decide for one query without producing an answer (used by ``GatedRetriever``).
 
         In ``draft`` mode this includes the closed-book draft, whose probabilities the policy
         reads; in ``pre`` mode it is one prefill.
+
+        Args:
+            query: the user's question.
+            threshold: per-request override of the threshold.
+            metadata: optional question metadata for question-only features.
+            unit_id: who asks; ignored (see :class:`~knowgate.routing.QueryRouter`).
+            policy: the policy that decides instead of the router's, used as given (an
+                ExperimentRouter passes the request's arm).
+
+        Raises:
+            InputError: the query is empty, not a string, or too long.
         """
         self._validate_queries([query])
-        policy = self.policy.with_threshold(threshold) if threshold is not None else self.policy
+        if policy is None:
+            policy = self.policy
+        else:
+            self.check_policy(policy)
+        if threshold is not None:
+            policy = policy.with_threshold(threshold)
         start = time.perf_counter()
         pre = self.model.prefill([self.model.format_prompt(query)])
         features = self._features(query, pre.captures[0], metadata, policy)
@@ -355,29 +343,18 @@ class Router:
             self.model.model_id,
         )
 
-    def as_runnable(self, *, output: Literal["answer", "routed"] = "answer") -> Any:
-        """A LangChain Runnable that routes (see :mod:`knowgate.integrations.langchain`)."""
-        from knowgate.integrations.langchain import KnowgateRunnable
-
-        return KnowgateRunnable.configurable_for(self, output=output)
+    def describe(self) -> dict[str, Any]:
+        """Model, policy, gate mode and whether a knowledge base is set (``/health``)."""
+        return {
+            "model": self.model.model_id,
+            "policy": self.policy.policy_id,
+            "gate_mode": self.mode,
+            "knowledge_base": self.source is not None,
+        }
 
     # ---------------------------------------------------------------------------- internals
     def _validate_queries(self, queries: Sequence[str]) -> None:
-        if isinstance(queries, str) or not isinstance(queries, Sequence):
-            raise InputError("route_batch takes a list of query strings")
-        if not queries:
-            raise InputError("no queries given")
-        limit = self.config.limits.max_query_chars
-        for i, q in enumerate(queries):
-            where = f"query {i}" if len(queries) > 1 else "query"
-            if not isinstance(q, str):
-                raise InputError(f"{where} must be a string, got {type(q).__name__}")
-            if not q.strip():
-                raise InputError(f"{where} is empty")
-            if len(q) > limit:
-                raise InputError(
-                    f"{where} is {len(q)} characters; the limit is {limit} (limits.max_query_chars)"
-                )
+        self.config.limits.check_queries(queries)
 
     def _features(
         self,
@@ -426,20 +403,14 @@ class Router:
         return self.model.format_prompt(query, passages[:low]), low
 
     def _generate(self, query: str, passages: list[PassageTrace]) -> str:
-        from langchain_core.messages import HumanMessage, SystemMessage
-
         cfg = self.model.config.prompt
-        if passages:
-            context = self.model.formatter.context_block(passages)
-            messages = [
-                SystemMessage(cfg.rag_system_prompt),
-                HumanMessage(f"Context:\n{context}\n\nQuestion: {query}"),
-            ]
-        else:
-            messages = [SystemMessage(cfg.system_prompt), HumanMessage(query)]
-        result = self.generator.invoke(messages)  # type: ignore[union-attr]
-        content = getattr(result, "content", result)
-        return str(content).strip()
+        request = GenerationRequest(
+            query=query,
+            passages=tuple(passages),
+            system_prompt=cfg.rag_system_prompt if passages else cfg.system_prompt,
+            context=self.model.formatter.context_block(passages) if passages else "",
+        )
+        return self.generator.answer(request)  # type: ignore[union-attr]
 
     def _route_chunk(
         self,
@@ -581,10 +552,9 @@ class Router:
         return results
 
 
-def load_knowledge_base(directory: Path, embedding_model: str | None = None) -> Any:
+def load_knowledge_base(directory: Path, embedding_model: str | None = None) -> KnowledgeBase:
     """Load a knowledge base, checking it was built with the configured embedding model."""
-    from knowgate.errors import KnowledgeBaseError
-    from knowgate.retrieval import KnowledgeBase
+    from knowgate.retrieval import KnowledgeBase  # imported on use: FAISS and friends are slow
 
     kb = KnowledgeBase.load(directory)
     if embedding_model is not None and kb.embedding_model_id != embedding_model:
@@ -595,22 +565,3 @@ def load_knowledge_base(directory: Path, embedding_model: str | None = None) -> 
             f"retrieval.embedding_model"
         )
     return kb
-
-
-def resolve_policy(config: RouterConfig, model_id: str) -> Policy:
-    """The policy a config asks for (path, registry name, or the model's bundled policy)."""
-    spec = config.policy
-    if spec.path is not None:
-        return load_policy(spec.path, model_id=model_id, force=spec.force)
-    if spec.name is not None:
-        return build_policy(spec.name, **spec.params)
-    bundled = bundled_policy_path(model_id)
-    if bundled is not None:
-        return load_policy(bundled, model_id=model_id, force=spec.force)
-    log.warning(
-        "no policy configured and none bundled for %s: retrieving for every query. Fit one with "
-        "`knowgate calibrate --model %s`.",
-        model_id,
-        model_id,
-    )
-    return build_policy("always")

@@ -68,7 +68,8 @@ class RoutedAnswer:
         request_id: unique id of the request.
         retrieval_error: why retrieval was wanted but not used (retriever raised, or none is
             configured); the answer then fell back to closed-book.
-        extra: additions by integrations (e.g. experiment arm).
+        extra: additions by the layers above the router (an ExperimentRouter puts the
+            request's arm under ``"experiment"``).
     """
 
     query: str
@@ -109,3 +110,23 @@ class RoutedAnswer:
         if self.extra:
             out["extra"] = self.extra
         return out
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """The gate's verdict for one query, without generating an answer.
+
+    Attributes:
+        decision: what the gate decided and why.
+        features: every signal the gate computed.
+        timings_ms: ``gate``, the wall time of the decision (prefill, and the draft in draft mode).
+        model: id of the local (gating) model.
+        extra: additions by the layers above the router (an ExperimentRouter puts the
+            request's arm under ``"experiment"``).
+    """
+
+    decision: DecisionTrace
+    features: dict[str, float]
+    timings_ms: dict[str, float]
+    model: str
+    extra: dict[str, Any] = field(default_factory=dict)

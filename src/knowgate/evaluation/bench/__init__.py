@@ -1,15 +1,16 @@
-"""The benchmark: every gating policy scored on both cached branches of real questions.
+"""The benchmark (``knowgate bench``): every gating policy scored on both cached branches.
 
-- :mod:`~knowgate.evaluation.bench.retrieval_branch`: answers with retrieval through the router
-  (cached, resumable); the closed-book half is :mod:`knowgate.evaluation.closed_book`.
-- :mod:`~knowgate.evaluation.bench.both_branches`: the two branches row-aligned, and the
-  ``both_branches.jsonl`` replay cache (``knowgate ab replay``).
-- :mod:`~knowgate.evaluation.bench.held_out`: every policy cross-fitted.
-- :mod:`~knowgate.evaluation.bench.operating_rules`: where to cut p(known) with both branches known.
-- :mod:`~knowgate.evaluation.bench.policy_metrics`, :mod:`~knowgate.evaluation.bench.curves`,
-  :mod:`~knowgate.evaluation.bench.popularity_analysis`: the numbers.
-- :mod:`~knowgate.evaluation.bench.runner` and :mod:`~knowgate.evaluation.bench.report`: run it,
-  write it (``knowgate bench``).
+- :mod:`~knowgate.evaluation.bench.table`: the two branches row-aligned (:class:`BenchTable`),
+  written as the both-branch file ``knowgate ab replay`` reads.
+- :mod:`~knowgate.evaluation.bench.policies`: the policy families and their held-out
+  predictions (one :data:`POLICY_FAMILIES` entry adds a family).
+- :mod:`~knowgate.evaluation.bench.policy_results`, :mod:`~knowgate.evaluation.bench.curves`,
+  :mod:`~knowgate.evaluation.bench.popularity`: the numbers.
+- :mod:`~knowgate.evaluation.bench.leave_one_dataset_out`: the shipped recipe on unseen datasets.
+- :mod:`~knowgate.evaluation.bench.null_check`: the main policies on permuted labels.
+- :mod:`~knowgate.evaluation.bench.summary`: the typed summary;
+  :mod:`~knowgate.evaluation.bench.runner` computes it, :mod:`~knowgate.evaluation.bench.report`
+  writes it.
 
 Submodules are imported directly; this package imports nothing heavy on its own.
 """

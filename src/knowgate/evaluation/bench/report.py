@@ -1,4 +1,7 @@
-"""Writes a benchmark to disk: ``results.json``, ``summary.md``, ``curves.csv`` and PNG figures."""
+"""Writes a benchmark to disk: ``results.json``, ``summary.md``, ``curves.csv`` and PNG figures.
+
+Everything is rendered from the typed :class:`~knowgate.evaluation.bench.summary.BenchmarkSummary`.
+"""
 
 from __future__ import annotations
 
@@ -11,59 +14,63 @@ from typing import Any
 
 import numpy as np
 
-from knowgate.evaluation.bench.held_out import HEADLINE, POPULARITY
-from knowgate.evaluation.bench.runner import BenchmarkResult
-from knowgate.evaluation.calibration_report import PLOTTED_SETS
+from knowgate.evaluation.bench.policies import HEADLINE, POPULARITY
+from knowgate.evaluation.bench.runner import RANDOM_AT_HEADLINE, BenchmarkResult
+from knowgate.evaluation.bench.summary import (
+    BenchmarkSummary,
+    CurveSummary,
+    CurveTargets,
+    GroupOutcome,
+    LeaveOneDatasetOut,
+    NullCheck,
+    PolicyResult,
+)
+from knowgate.evaluation.labelled import PLOTTED_SETS
 from knowgate.evaluation.metrics import ECE_BINS, reliability_bins
-from knowgate.jsonio import atomic_write_text as _atomic_write
+from knowgate.evaluation.reporting import fmt, fmt_interval, md_table
+from knowgate.jsonio import atomic_write_text
 
-MAIN_ORDER = ("never", "always", "random (at the fused rate)", "oracle")
+MAIN_ORDER = ("never", "always", RANDOM_AT_HEADLINE, "oracle")
 TOP_SINGLES = 10
-PLOTTED_FUSED = PLOTTED_SETS  # the calibration report plots the same feature sets
 
-
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "NO"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def _ci(triple: Sequence[float | None] | None, digits: int = 3, signed: bool = False) -> str:
-    if not triple:
-        return "-"
-    est, low, high = [*list(triple), None, None][:3]
-    if est is None:
-        return "-"
-    f = f"{{:+.{digits}f}}" if signed else f"{{:.{digits}f}}"
-    text = f.format(est)
-    if low is not None and high is not None:
-        text += f" [{f.format(low)}, {f.format(high)}]"
-    return text
-
-
-def _table(headers: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+OUTCOME_HEADERS = [
+    "In-Acc [95% CI]",
+    "minus always [95% CI]",
+    "minus random at same rate [95% CI]",
+    "retrieval rate",
+    "skip recall [95% CI]",
+    "skip precision [95% CI]",
+    "LM calls/q",
+    "s/question",
+]
+POLICY_HEADERS = [
+    "policy",
+    "stage",
+    "n",
+    *OUTCOME_HEADERS,
+    "EM",
+    "F1",
+    "AUROC [95% CI]",
+    "AUROC within rel.",
+    "AUROC within dataset",
+    "ECE",
+    "Brier",
+]
 
 
 def _breakdown_table(
-    label: str, groups: Mapping[str, Mapping[str, Mapping[str, Any]]], policies: Sequence[str]
+    label: str, groups: Mapping[str, Mapping[str, GroupOutcome]], policies: Sequence[str]
 ) -> str:
     """Rows = groups (popularity buckets, relations), cells = accuracy / retrieval rate."""
     first = groups[policies[0]]
-    return _table(
+    return md_table(
         [label, "n", *policies],
         [
             [
                 g,
-                first[g]["n"],
+                first[g].n,
                 *[
-                    f"{_fmt(groups[p][g]['accuracy'])} / {_fmt(groups[p][g]['retrieval_rate'], 2)}"
+                    f"{fmt(groups[p][g].accuracy)} / {fmt(groups[p][g].retrieval_rate, 2)}"
                     for p in policies
                 ],
             ]
@@ -72,101 +79,82 @@ def _breakdown_table(
     )
 
 
-def ordered_policies(summary: Mapping[str, Any], top_singles: int = TOP_SINGLES) -> list[str]:
-    """Report order: baselines and oracle, fused sets, popularity, the best single features."""
-    policies = summary["policies"]
+def ordered_policies(summary: BenchmarkSummary, top_singles: int = TOP_SINGLES) -> list[str]:
+    """Report order: baselines and oracle, fitted families, the best single features."""
+    policies = summary.policies
     main = [p for p in MAIN_ORDER if p in policies]
-    fused = [k for k, v in policies.items() if v["family"] == "fused"]
-    pop = [k for k, v in policies.items() if v["family"] == "popularity"]
+    rest = [k for k, v in policies.items() if k not in main and v.family != "single"]
     singles = sorted(
-        (k for k, v in policies.items() if v["family"] == "single"),
-        key=lambda k: -(policies[k].get("auroc") or 0.0),
+        (k for k, v in policies.items() if v.family == "single"),
+        key=lambda k: -((policies[k].ranking and policies[k].ranking.auroc) or 0.0),  # type: ignore[union-attr]
     )
-    return main + fused + pop + singles[:top_singles]
+    return main + rest + singles[:top_singles]
 
 
-def _outcome_cells(p: Mapping[str, Any]) -> list[Any]:
-    """In-Acc, difference from always, EM, F1, retrieval rate, savings eff., LM calls/q."""
+def outcome_cells(p: PolicyResult) -> list[Any]:
+    """The cells of :data:`OUTCOME_HEADERS`."""
     return [
-        _ci(p["accuracy"]),
-        _ci(p["accuracy_minus_always"], signed=True),
-        p["em"],
-        p["f1"],
-        p["retrieval_rate"],
-        p["savings_efficiency"],
-        p["lm_calls_per_question"],
+        fmt_interval(p.accuracy),
+        fmt_interval(p.accuracy_minus_always, signed=True),
+        fmt_interval(p.accuracy_minus_random, signed=True),
+        p.retrieval_rate,
+        fmt_interval(p.skip_recall),
+        fmt_interval(p.skip_precision),
+        p.lm_calls_per_question,
+        p.mean_seconds,
     ]
 
 
-def _policy_rows(
-    policies: Mapping[str, Mapping[str, Any]], names: Sequence[str]
-) -> list[list[Any]]:
+def _policy_rows(policies: Mapping[str, PolicyResult], names: Sequence[str]) -> list[list[Any]]:
     rows = []
     for name in names:
         p = policies[name]
-        auc = p.get("auroc")
-        ci = p.get("auroc_ci95")
+        r = p.ranking
         rows.append(
             [
                 f"**{name}**" if name == HEADLINE else name,
-                p["stage"],
-                p["n"],
-                *_outcome_cells(p),
-                "-" if auc is None else _ci([auc, *(ci or [None, None])]),
-                p.get("auroc_within_relation"),
-                p.get("auroc_within_dataset"),
-                p.get("ece"),
-                p.get("brier"),
-                p["mean_seconds_per_question"],
+                p.stage,
+                p.n,
+                *outcome_cells(p),
+                p.exact_match,
+                p.f1,
+                "-" if r is None else (fmt_interval(r.auroc_ci95) if r.auroc_ci95 else r.auroc),
+                None if r is None else r.auroc_within_relation,
+                None if r is None else r.auroc_within_dataset,
+                None if r is None else r.ece,
+                None if r is None else r.brier,
             ]
         )
     return rows
 
 
-POLICY_HEADERS = [
-    "policy",
-    "stage",
-    "n",
-    "In-Acc [95% CI]",
-    "minus always [95% CI]",
-    "EM",
-    "F1",
-    "retrieval rate",
-    "savings eff.",
-    "LM calls/q",
-    "AUROC [95% CI]",
-    "AUROC within rel.",
-    "AUROC within dataset",
-    "ECE",
-    "Brier",
-    "s/question",
-]
-
-
-def render_markdown(summary: Mapping[str, Any]) -> str:
-    """The benchmark of one model as Markdown."""
-    s = summary
-    meta = s.get("run", {})
+def _header(s: BenchmarkSummary) -> list[str]:
+    run = s.run
+    sizes = ", ".join(f"{d['name']} {d['n']}" for d in run.datasets) if run else ""
+    datasets = f" ({sizes})" if sizes else ""
     out = [
-        f"# Benchmark: {s['model_id']}",
+        f"# Benchmark: {s.model_id}",
         "",
-        f"{s['n_questions']} questions"
-        + (
-            " (" + ", ".join(f"{d['name']} {d['n']}" for d in meta["datasets"]) + ")"
-            if meta
-            else ""
-        )
-        + f"; knowledge base `{meta.get('knowledge_base', '-')}`, k = {meta.get('k', '-')}; "
-        f"{s['folds']}-fold grouped, stratified cross-fitting (seed {s['seed']}), calibration "
-        f"{s['calibration']}; operating rule **{s['operating_rule']}** (each fold's cut chosen "
-        "on its training folds). Intervals: bootstrap 95% (percentile).",
+        f"{s.n_questions} questions{datasets}; knowledge base "
+        f"`{run.knowledge_base if run else '-'}`, k = {run.k if run else '-'}; "
+        f"{s.folds}-fold grouped, stratified cross-fitting (seed {s.seed}), calibration "
+        f"{s.calibration}; operating rule **{s.operating_rule}** (each fold's cut chosen on its "
+        "training folds). Intervals: bootstrap 95% (percentile); skip recall and precision: "
+        "Wilson 95%.",
+        "",
+        f"**Latency** (every *s/question* column): {s.latency}",
         "",
     ]
-    if meta.get("command"):
-        out += ["```bash", meta["command"], "```", ""]
-    out += ["## Both branches", ""]
-    out.append(
-        _table(
+    if run:
+        out += ["```bash", run.command, "```", ""]
+    return out
+
+
+def _branches_section(s: BenchmarkSummary) -> list[str]:
+    return [
+        "## Both branches",
+        "",
+        md_table(
             [
                 "dataset",
                 "n",
@@ -176,130 +164,275 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
                 "oracle retrieval rate",
                 "evidence in prompt",
                 "cb right, rag wrong",
-                "s/q closed-book",
-                "s/q gated retrieval",
-                "s/q plain RAG",
+                "s/q never",
+                "s/q always (plain RAG)",
+                "s/q gate, skipped",
+                "s/q gate, retrieved",
             ],
             [
                 [
                     name,
-                    b["n"],
-                    b["closed_book_accuracy"],
-                    b["retrieval_accuracy"],
-                    b["oracle_accuracy"],
-                    b["oracle_retrieval_rate"],
-                    b["evidence_in_prompt"],
-                    b["closed_book_right_retrieval_wrong"],
-                    b["mean_closed_book_seconds"],
-                    b["mean_retrieval_seconds"],
-                    b["mean_plain_rag_seconds"],
+                    b.n,
+                    b.closed_book_accuracy,
+                    b.retrieval_accuracy,
+                    b.oracle_accuracy,
+                    b.oracle_retrieval_rate,
+                    b.evidence_in_prompt,
+                    b.closed_book_right_retrieval_wrong,
+                    b.mean_closed_book_seconds,
+                    b.mean_plain_rag_seconds,
+                    b.mean_gated_closed_book_seconds,
+                    b.mean_gated_retrieval_seconds,
                 ]
-                for name, b in s["branches"].items()
+                for name, b in s.branches.items()
             ],
-        )
-    )
-    out += [
+        ),
         "",
         "*evidence in prompt*: share of questions with gold evidence passages whose prompt held "
-        "one. Times per question are shares of batched stages; *gated retrieval* includes the "
-        "gate's prefill, *plain RAG* is retrieval + answer only (the `always` baseline).",
-        "",
-        "## Policies at the default operating point (held-out)",
-        "",
-        _table(POLICY_HEADERS, _policy_rows(s["policies"], ordered_policies(s))),
-        "",
-        "Popularity is scored on PopQA rows only. Single features: the "
-        f"{TOP_SINGLES} with the highest held-out AUROC (all in `results.json`).",
+        "one. *never* = prefill + decode; *always* = retrieval + answer with passages; a gate "
+        "pays prefill + signals, then decode (skipped) or retrieval + answer (retrieved).",
         "",
     ]
-    if s.get("skipped_policies"):
+
+
+def _policies_section(s: BenchmarkSummary) -> list[str]:
+    out = [
+        "## Policies at the default operating point (held-out)",
+        "",
+        "*skip recall*: share of the questions answered correctly closed-book that the policy "
+        "skips; *skip precision*: share of the skipped questions answered correctly "
+        "closed-book (random gating's is the closed-book accuracy). *minus random*: paired "
+        "difference from random gating at the policy's own retrieval rate.",
+        "",
+        md_table(POLICY_HEADERS, _policy_rows(s.policies, ordered_policies(s))),
+        "",
+        "Popularity is scored on PopQA rows only (cross-fitted like the rest). Single features: "
+        f"the {TOP_SINGLES} with the highest held-out AUROC (all in `results.json`).",
+        "",
+    ]
+    if s.skipped_policies:
         out += [
-            "Not fitted: " + "; ".join(f"{k} ({v})" for k, v in s["skipped_policies"].items()),
+            "Not fitted: " + "; ".join(f"{k} ({v})" for k, v in s.skipped_policies.items()),
             "",
         ]
-    if s.get("operating_points"):
+    if s.operating_points:
         out += [
             f"## Operating points of the {HEADLINE} policy (held-out)",
             "",
-            _table(
-                ["rule (cut chosen on training folds)", *POLICY_HEADERS[3:10], "cut per fold"],
+            md_table(
+                ["rule (cut chosen on training folds)", *OUTCOME_HEADERS, "cut per fold"],
                 [
-                    [
-                        name,
-                        *_outcome_cells(p),
-                        ", ".join(_fmt(t) for t in p.get("thresholds_per_fold", [])),
-                    ]
-                    for name, p in s["operating_points"].items()
+                    [name, *outcome_cells(p), ", ".join(fmt(t) for t in p.thresholds_per_fold)]
+                    for name, p in s.operating_points.items()
                 ],
             ),
             "",
         ]
-        sug = s.get("suggested_default_operating_point")
-        if sug:
-            cuts = ", ".join(f"{k} `{v}`" for k, v in sug.get("cuts_by_rule", {}).items())
-            curve = sug.get("break_even_curve", {})
-            out += [
-                f"Cuts fitted on all questions' held-out p(known): {cuts}. Suggested default "
-                f"(**{sug['rule']}**): `{sug['operating_point']}`. Break-even's retrieval-accuracy "
-                f"curve: logit P = {curve.get('intercept')} + {curve.get('slope')} logit p.",
-                "",
-            ]
-    for key, title in (("curves", "0.01-0.99"), ("curves_high_rates", ">= 0.80")):
-        out += _curve_section(s, key, title)
-    t = s.get("targets", {})
-    if "policy" in t:
-        out += ["## Targets", ""]
-        for key, label in (("curve", "all rates"), ("curve_high_rates", "rates >= 0.8")):
-            c = t[key]
-            out += [
-                f"- ({label}) fused curve above random gating at every retrieval rate: "
-                f"{_fmt(c['above_random_at_every_rate'])} (above at "
-                f"{_fmt(c['share_of_rates_above_random'])} of rates; mean difference "
-                f"{_ci(c['mean_difference_to_random_ci95'], 4, signed=True)}, largest "
-                f"shortfall {_fmt(c['min_difference_to_random'], 4)})",
-                f"- ({label}) above each single feature on average: "
-                f"{_fmt(c['above_every_single_feature_on_average'])}"
-                + (
-                    f" (not above {len(c['single_features_not_beaten_on_average'])} of "
-                    f"{c['single_features_compared']}: "
-                    f"{', '.join(c['single_features_not_beaten_on_average'])})"
-                    if c["single_features_not_beaten_on_average"]
-                    else ""
-                ),
-                f"- ({label}) above question-only on average: "
-                f"{_fmt(c['above_question_only_on_average'])} (mean difference "
-                f"{_ci(c['mean_difference_to_question_only_ci95'], 4, signed=True)})",
-            ]
+    sug = s.suggested_default_operating_point
+    if sug:
+        cuts = ", ".join(f"{k} `{v:.4f}`" for k, v in sug.cuts_by_rule.items())
         out += [
-            f"- default operating point ({t['operating_rule']}) within 1 point of always: "
-            f"{_fmt(t['accuracy_within_1pt_of_always'])} (accuracy {_fmt(t['accuracy'])} vs "
-            f"{_fmt(t['always_accuracy'])}; difference "
-            f"{_ci(t['accuracy_minus_always'], signed=True)})",
-            f"- savings efficiency >= 0.5: {_fmt(t['savings_efficiency_at_least_0.5'])} "
-            f"({_fmt(t['savings_efficiency'])}; retrieval rate {_fmt(t['retrieval_rate'])} vs "
-            f"oracle {_fmt(t['oracle_retrieval_rate'])})",
-            f"- total wall time {_fmt(t['total_seconds'], 1)} s vs always-retrieve "
-            f"{_fmt(t['always_total_seconds'], 1)} s (ratio {_fmt(t['seconds_vs_always'])})",
+            f"Cuts fitted on all questions' held-out p(known): {cuts}. Suggested default "
+            f"(**{sug.rule}**): `{sug.operating_point}` - fitted on every dataset, so its "
+            "held-out figure is the leave-one-dataset-out table, not this one. Break-even's "
+            f"retrieval-accuracy curve: logit P = {sug.break_even_intercept:.4f} + "
+            f"{sug.break_even_slope:.4f} logit p.",
             "",
         ]
-    per_ds = s.get("per_dataset") or {}
-    if per_ds:
-        names = list(per_ds)
-        datasets = list(per_ds[names[0]])
+    return out
+
+
+def _lodo_section(lodo: LeaveOneDatasetOut | None) -> list[str]:
+    if lodo is None:
+        return []
+    out = [
+        "## The shipped recipe on unseen datasets (leave one dataset out)",
+        "",
+        f"Recipe: {lodo.recipe}. For each dataset, the recipe is fitted on the other datasets "
+        "(questions shared with the left-out dataset dropped) and applied to it; "
+        "*in-distribution* is the same recipe cross-fitted on pooled folds of all datasets.",
+        "",
+    ]
+    if lodo.datasets:
+        rows = []
+        for name, d in lodo.datasets.items():
+            for label, p in (
+                ("unseen", d.unseen),
+                ("in-distribution", d.in_distribution),
+                ("always", d.always),
+            ):
+                rows.append([name if label == "unseen" else "", label, p.n, *outcome_cells(p)])
+        for label, pooled in (
+            ("unseen", lodo.pooled_unseen),
+            ("in-distribution", lodo.pooled_in_distribution),
+            ("always", lodo.pooled_always),
+        ):
+            if pooled is not None:
+                first = "all" if label == "unseen" else ""
+                rows.append([first, label, pooled.n, *outcome_cells(pooled)])
+        out += [
+            md_table(["dataset", "fitted", "n", *OUTCOME_HEADERS], rows),
+            "",
+            "Cut of each leave-one-out fit: "
+            + ", ".join(
+                f"{n} {d.threshold:.4f} ({d.training_questions} training questions)"
+                for n, d in lodo.datasets.items()
+            )
+            + ".",
+            "",
+        ]
+    if lodo.skipped:
+        out += ["Not left out: " + "; ".join(f"{k} ({v})" for k, v in lodo.skipped.items()), ""]
+    return out
+
+
+def _null_section(null: NullCheck | None) -> list[str]:
+    if null is None:
+        return []
+    rows = [
+        [
+            name,
+            "; ".join(fmt_interval(i) for i in p.folds),
+            p.auroc,
+            fmt(p.contains_half),
+        ]
+        for name, p in null.policies.items()
+    ]
+    folds = max((len(p.folds) for p in null.policies.values()), default=0)
+    return [
+        "## Null check (leakage guard)",
+        "",
+        f"The main policies cross-fitted again with {null.permutation}. A leak-free procedure "
+        "ranks no better than chance among the held-out questions of one outer fold and one "
+        "dataset (one model scores them; pooled over folds the AUROC is not exactly null, so "
+        "folds are tested one by one). Intervals: normal, Hanley-McNeil variance, "
+        f"{null.confidence:.0%} family-wise (Bonferroni over {folds} folds of "
+        f"{len(null.policies)} policies). **Every interval contains 0.5: {fmt(null.passed)}.**",
+        "",
+        md_table(
+            ["policy", "AUROC within dataset, per fold [CI]", "pooled AUROC", "all contain 0.5"],
+            rows,
+        ),
+        "",
+    ]
+
+
+def _curve_target_lines(label: str, c: CurveTargets) -> list[str]:
+    not_beaten = c.single_features_not_beaten_on_average
+    return [
+        f"- ({label}) fused curve above random gating at every retrieval rate: "
+        f"{fmt(c.above_random_at_every_rate)} (above at {fmt(c.share_of_rates_above_random)} "
+        f"of rates; mean difference {fmt_interval(c.mean_difference_to_random, 4, signed=True)}"
+        f", largest shortfall {fmt(c.min_difference_to_random, 4)})",
+        f"- ({label}) above each single feature on average: "
+        f"{fmt(c.above_every_single_feature_on_average)}"
+        + (
+            f" (not above {len(not_beaten)} of {c.single_features_compared}: "
+            f"{', '.join(not_beaten)})"
+            if not_beaten
+            else ""
+        ),
+        f"- ({label}) above question-only on average: {fmt(c.above_question_only_on_average)} "
+        f"(mean difference {fmt_interval(c.mean_difference_to_question_only, 4, signed=True)})",
+    ]
+
+
+def _targets_section(s: BenchmarkSummary) -> list[str]:
+    t = s.targets
+    if t is None:
+        return []
+    out = ["## Targets", ""]
+    for label, c in (("all rates", t.curve), ("rates >= 0.8", t.curve_high_rates)):
+        if c is not None:
+            out += _curve_target_lines(label, c)
+    out += [
+        f"- default operating point ({t.operating_rule}) within 1 point of always: "
+        f"{fmt(t.accuracy_within_1pt_of_always)} (accuracy {fmt(t.accuracy)} vs "
+        f"{fmt(t.always_accuracy)}; difference "
+        f"{fmt_interval(t.accuracy_minus_always, signed=True)})",
+        f"- above random gating at the same retrieval rate: {fmt(t.above_random_at_same_rate)} "
+        f"(difference {fmt_interval(t.accuracy_minus_random, signed=True)})",
+        f"- skip recall >= 0.5 (skips at least half of what the model knows): "
+        f"{fmt(t.skip_recall_at_least_half)} ({fmt_interval(t.skip_recall)}; retrieval rate "
+        f"{fmt(t.retrieval_rate)})",
+        f"- skip precision above random gating's (the closed-book accuracy "
+        f"{fmt(t.closed_book_accuracy)}): {fmt(t.skip_precision_above_random)} "
+        f"({fmt_interval(t.skip_precision)})",
+        f"- mean wall time {fmt(t.mean_seconds)} s/question vs always-retrieve (plain RAG) "
+        f"{fmt(t.always_mean_seconds)} s (ratio {fmt(t.seconds_vs_always)})",
+        "",
+    ]
+    return out
+
+
+def _curve_section(s: BenchmarkSummary, curves: CurveSummary | None, title: str) -> list[str]:
+    if curves is None or not curves.headline_vs:
+        return []
+    vs = curves.headline_vs
+    family = {k: v.family for k, v in s.policies.items()}
+    singles = sorted(
+        ((k, v) for k, v in vs.items() if family.get(k) == "single"),
+        key=lambda kv: kv[1].mean_difference,
+    )
+    shown = [
+        ("random", vs["random"]),
+        *[(k, v) for k, v in vs.items() if family.get(k) == "fused"],
+        *singles[:3],
+        *([("oracle", vs["oracle"])] if "oracle" in vs else []),
+    ]
+    rows = [
+        [
+            k,
+            curves.mean_accuracy.get(k),
+            v.mean_difference,
+            v.share_above,
+            v.share_below,
+            v.min_difference,
+        ]
+        for k, v in shown
+    ]
+    return [
+        f"## Accuracy against retrieval rate: rates {title}",
+        "",
+        f"`curves.png` / `curves.csv`. The {HEADLINE} curve (mean accuracy "
+        f"{fmt(curves.mean_accuracy.get(HEADLINE))}) against other curves; *share above* / "
+        "*below*: of the grid rates (step 0.01) where it is strictly above / below. Single "
+        "features: the three whose curves come closest to or above it.",
+        "",
+        md_table(
+            [
+                "other curve",
+                "its mean accuracy",
+                "mean_difference",
+                "share_above",
+                "share_below",
+                "min_difference",
+            ],
+            rows,
+        ),
+        "",
+    ]
+
+
+def _breakdown_sections(s: BenchmarkSummary) -> list[str]:
+    out: list[str] = []
+    if s.per_dataset:
+        names = list(s.per_dataset)
+        datasets = list(s.per_dataset[names[0]])
         out += [
             "## Per dataset",
             "",
             "Accuracy / retrieval rate of each policy's held-out decisions.",
             "",
-            _table(
+            md_table(
                 ["dataset", *names],
                 [
                     [
                         d,
                         *[
-                            f"{_fmt(per_ds[p][d]['accuracy'])} / "
-                            f"{_fmt(per_ds[p][d]['retrieval_rate'], 3)}"
-                            if d in per_ds[p]
+                            f"{fmt(s.per_dataset[p][d].accuracy)} / "
+                            f"{fmt(s.per_dataset[p][d].retrieval_rate)}"
+                            if d in s.per_dataset[p]
                             else "-"
                             for p in names
                         ],
@@ -312,21 +445,23 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
     scored = [
         k
         for k in ordered_policies(s, top_singles=5)
-        if s["policies"][k].get("auroc") is not None and s["policies"][k]["family"] != "oracle"
+        if s.policies[k].ranking is not None and s.policies[k].family != "oracle"
     ]
     if scored:
-        datasets = list(s["policies"][scored[0]]["per_dataset"])
+        datasets = list(s.policies[scored[0]].per_dataset)
         out += [
             "Held-out AUROC per dataset (closed-book correctness); *within dataset* in the "
             "policy table pools the pairs of these.",
             "",
-            _table(
+            md_table(
                 ["policy", *datasets],
                 [
                     [
                         k,
                         *[
-                            s["policies"][k]["per_dataset"].get(d, {}).get("auroc")
+                            s.policies[k].per_dataset[d].auroc
+                            if d in s.policies[k].per_dataset
+                            else None
                             for d in datasets
                         ],
                     ]
@@ -335,22 +470,21 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
             ),
             "",
         ]
-    pq = s.get("popqa") or {}
-    if pq:
-        policies = list(pq["per_popularity_bucket"])
+    if s.popqa is not None:
+        policies = list(s.popqa.per_popularity_bucket)
         out += [
             "## PopQA per popularity bucket (s_pop)",
             "",
             "Accuracy / retrieval rate of each policy's held-out decisions.",
             "",
-            _breakdown_table("bucket", pq["per_popularity_bucket"], policies),
+            _breakdown_table("bucket", s.popqa.per_popularity_bucket, policies),
             "",
             "## PopQA per relation",
             "",
-            _breakdown_table("relation", pq["per_relation"], policies),
+            _breakdown_table("relation", s.popqa.per_relation, policies),
             "",
         ]
-    corr = s.get("sparsity_vs_log_popularity") or {}
+    corr = s.sparsity_vs_log_popularity
     if corr:
         out += [
             "## Sparsity features against log popularity (PopQA rows, Spearman)",
@@ -358,55 +492,39 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
             "Top 10 by absolute pooled correlation; *within relation* is the row-weighted mean "
             "of per-relation correlations (relations with >= 20 rows).",
             "",
-            _table(
+            md_table(
                 ["feature", "pooled rho", "p", "within relation", "relations"],
                 [
                     [
                         f"`{k}`",
-                        v["spearman"],
-                        f"{v['p_value']:.1e}",
-                        v["spearman_within_relation"],
-                        v["relations"],
+                        v.spearman,
+                        "-" if v.p_value is None else f"{v.p_value:.1e}",
+                        v.spearman_within_relation,
+                        v.relations,
                     ]
                     for k, v in list(corr.items())[:10]
                 ],
             ),
             "",
         ]
-    return "\n".join(out)
+    return out
 
 
-CURVE_COLS = ["mean_difference", "share_above", "share_below", "min_difference"]
-
-
-def _curve_section(s: Mapping[str, Any], key: str, title: str) -> list[str]:
-    curves = s.get(key) or {}
-    vs = curves.get("headline_vs", {})
-    if not vs:
-        return []
-    family = {k: v.get("family") for k, v in s["policies"].items()}
-    singles = sorted(
-        ((k, v) for k, v in vs.items() if family.get(k) == "single"),
-        key=lambda kv: kv[1]["mean_difference"],
+def render_markdown(summary: BenchmarkSummary) -> str:
+    """The benchmark of one model as Markdown."""
+    s = summary
+    out = (
+        _header(s)
+        + _branches_section(s)
+        + _policies_section(s)
+        + _lodo_section(s.leave_one_dataset_out)
     )
-    shown = [
-        ("random", vs["random"]),
-        *[(k, v) for k, v in vs.items() if family.get(k) == "fused"],
-        *singles[:3],
-        *([("oracle", vs["oracle"])] if "oracle" in vs else []),
-    ]
-    rows = [[k, curves["mean_accuracy"].get(k), *[v[c] for c in CURVE_COLS]] for k, v in shown]
-    return [
-        f"## Accuracy against retrieval rate: rates {title}",
-        "",
-        f"`curves.png` / `curves.csv`. The {HEADLINE} curve (mean accuracy "
-        f"{_fmt(curves['mean_accuracy'].get(HEADLINE))}) against other curves; *share above* / "
-        "*below*: of the grid rates (step 0.01) where it is strictly above / below. Single "
-        "features: the three whose curves come closest to or above it.",
-        "",
-        _table(["other curve", "its mean accuracy", *CURVE_COLS], rows),
-        "",
-    ]
+    out += _null_section(s.null_check)
+    out += _curve_section(s, s.curves, "0.01-0.99")
+    out += _curve_section(s, s.curves_high_rates, ">= 0.80")
+    out += _targets_section(s)
+    out += _breakdown_sections(s)
+    return "\n".join(out)
 
 
 def curves_csv(result: BenchmarkResult) -> str:
@@ -436,10 +554,10 @@ def _plot_curves(result: BenchmarkResult, out_dir: Path) -> list[str]:
         if not curves:
             continue
         singles = sorted(
-            (k for k in curves if summary["policies"].get(k, {}).get("family") == "single"),
+            (k for k in curves if k in summary.policies and summary.policies[k].family == "single"),
             key=lambda k: -float(curves[k][1:-1].mean()),
         )[:3]
-        names = [k for k in PLOTTED_FUSED if k in curves] + singles
+        names = [k for k in PLOTTED_SETS if k in curves] + singles
         names += [POPULARITY] if POPULARITY in curves else []
         fig, axes = plt.subplots(1, 2, figsize=(12, 5))
         for ax, lo in zip(axes, (0.0, 0.7), strict=True):
@@ -455,7 +573,7 @@ def _plot_curves(result: BenchmarkResult, out_dir: Path) -> list[str]:
             ax.set_xlabel("retrieval rate (retriever calls per question)")
             ax.set_ylabel("In-Accuracy")
             ax.grid(alpha=0.3)
-        axes[0].set_title(f"{summary['model_id']}: accuracy vs retrieval rate ({subset})")
+        axes[0].set_title(f"{summary.model_id}: accuracy vs retrieval rate ({subset})")
         axes[1].set_title("zoom: retrieval rate >= 0.7")
         axes[1].legend(fontsize=7, loc="lower right")
         fig.tight_layout()
@@ -474,24 +592,24 @@ def _plot_reliability(result: BenchmarkResult, out_dir: Path) -> list[str]:
     y = result.table.cb_correct
     fig, ax = plt.subplots(figsize=(5.5, 5.5))
     ax.plot([0, 1], [0, 1], "k:", lw=1, label="perfect calibration")
-    for name in PLOTTED_FUSED:
+    for name in PLOTTED_SETS:
         policy = result.held_out.policies.get(name)
         if policy is None or policy.p_known is None:
             continue
         bins = reliability_bins(y, policy.p_known)
         used = bins.count > 0
-        ece = result.summary["policies"][name].get("ece")
+        ranking = result.summary.policies[name].ranking
         ax.plot(
             bins.mean_confidence[used],
             bins.accuracy[used],
             "o-",
             ms=3,
             lw=2 if name == HEADLINE else 1,
-            label=f"{name} (ECE {_fmt(ece)})",
+            label=f"{name} (ECE {fmt(None if ranking is None else ranking.ece)})",
         )
     ax.set_xlabel("held-out p(known)")
     ax.set_ylabel("closed-book accuracy")
-    ax.set_title(f"Reliability ({ECE_BINS} bins), {result.summary['model_id']}")
+    ax.set_title(f"Reliability ({ECE_BINS} bins), {result.summary.model_id}")
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(out_dir / "reliability.png", dpi=110)
@@ -500,28 +618,28 @@ def _plot_reliability(result: BenchmarkResult, out_dir: Path) -> list[str]:
 
 
 def _plot_popqa(result: BenchmarkResult, out_dir: Path) -> list[str]:
-    pq = result.summary.get("popqa") or {}
-    if not pq:
+    pq = result.summary.popqa
+    if pq is None:
         return []
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    per = pq["per_popularity_bucket"]
+    per = pq.per_popularity_bucket
     buckets = list(next(iter(per.values())))
     fig, (acc_ax, rate_ax) = plt.subplots(1, 2, figsize=(11, 4))
     x = np.arange(len(buckets))
     width = 0.8 / len(per)
     for i, (name, rows) in enumerate(per.items()):
-        acc_ax.bar(x + i * width, [rows[b]["accuracy"] for b in buckets], width, label=name)
-        rate_ax.bar(x + i * width, [rows[b]["retrieval_rate"] for b in buckets], width)
+        acc_ax.bar(x + i * width, [rows[b].accuracy or 0.0 for b in buckets], width, label=name)
+        rate_ax.bar(x + i * width, [rows[b].retrieval_rate or 0.0 for b in buckets], width)
     for ax, label in ((acc_ax, "In-Accuracy"), (rate_ax, "retrieval rate")):
         ax.set_xticks(x + 0.4 - width / 2, buckets)
         ax.set_xlabel("subject popularity (monthly page views)")
         ax.set_ylabel(label)
     acc_ax.legend(fontsize=7)
-    acc_ax.set_title(f"PopQA by popularity, {result.summary['model_id']}")
+    acc_ax.set_title(f"PopQA by popularity, {result.summary.model_id}")
     fig.tight_layout()
     fig.savefig(out_dir / "popqa_buckets.png", dpi=110)
     plt.close(fig)
@@ -531,11 +649,12 @@ def _plot_popqa(result: BenchmarkResult, out_dir: Path) -> list[str]:
 def write_report(result: BenchmarkResult, out_dir: Path) -> list[Path]:
     """Write ``results.json``, ``summary.md``, ``curves.csv`` and the figures to ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(
-        out_dir / "results.json", json.dumps(result.summary, indent=2, allow_nan=False) + "\n"
+    atomic_write_text(
+        out_dir / "results.json",
+        json.dumps(result.summary.to_dict(), indent=2, allow_nan=False) + "\n",
     )
-    _atomic_write(out_dir / "summary.md", render_markdown(result.summary))
-    _atomic_write(out_dir / "curves.csv", curves_csv(result))
+    atomic_write_text(out_dir / "summary.md", render_markdown(result.summary))
+    atomic_write_text(out_dir / "curves.csv", curves_csv(result))
     names = ["results.json", "summary.md", "curves.csv"]
     names += _plot_curves(result, out_dir)
     names += _plot_reliability(result, out_dir)

@@ -1,9 +1,11 @@
 """The benchmark: both branches per question (cached), every policy scored by cross-fitting.
 
-:func:`run_benchmark` answers each question closed-book (the cache ``knowgate calibrate``
-fills) and with retrieval through the router (its own cache), writes the both-branch replay
-cache, cross-fits every policy, applies each one's operating point chosen on training folds
-only, and returns the numbers that :mod:`knowgate.evaluation.bench.report` writes out.
+:func:`run_branches` answers each question closed-book (the cache ``knowgate calibrate``
+fills) and with retrieval through the router (its own cache) and re-times the closed-book stages.
+:func:`evaluate_benchmark` then needs no model: it cross-fits every policy, applies each one's
+operating point chosen on training folds only, scores the shipped recipe leave-one-dataset-out,
+runs the null check, and returns the typed summary that
+:mod:`knowgate.evaluation.bench.report` writes out.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import numpy as np
 from numpy.typing import NDArray
 
 from knowgate.errors import DataError
-from knowgate.evaluation.bench.both_branches import BenchTable, build_bench_table
 from knowgate.evaluation.bench.curves import (
     accuracy_curve,
     bootstrap_mean_difference,
@@ -27,44 +28,68 @@ from knowgate.evaluation.bench.curves import (
     random_curve,
     rate_grid,
 )
-from knowgate.evaluation.bench.decode_timing import DEFAULT_SAMPLE, time_closed_book_decode
-from knowgate.evaluation.bench.held_out import (
+from knowgate.evaluation.bench.leave_one_dataset_out import leave_one_dataset_out, recipe_for
+from knowgate.evaluation.bench.null_check import null_check
+from knowgate.evaluation.bench.policies import (
     HEADLINE,
+    POLICY_FAMILIES,
     POPULARITY,
+    QUESTION_ONLY,
     HeldOutSet,
+    candidates,
     held_out_policies,
 )
-from knowgate.evaluation.bench.operating_rules import DEFAULT_RULE, RULES, fit_break_even
-from knowgate.evaluation.bench.policy_metrics import (
+from knowgate.evaluation.bench.policy_results import (
     evaluate_decisions,
-    outcomes,
     per_group,
     random_at_rate,
     summarize_branches,
 )
-from knowgate.evaluation.bench.popularity_analysis import (
+from knowgate.evaluation.bench.popularity import (
     breakdowns,
     popqa_rows,
     sparsity_popularity_correlations,
 )
-from knowgate.evaluation.bench.retrieval_branch import run_retrieval_branch
-from knowgate.evaluation.bench.sampling import ids_digest
-from knowgate.evaluation.closed_book import run_closed_book
+from knowgate.evaluation.bench.summary import (
+    BenchmarkSummary,
+    CurveSummary,
+    CurveTargets,
+    PolicyResult,
+    SuggestedOperatingPoint,
+    Targets,
+)
+from knowgate.evaluation.bench.table import BenchTable, build_bench_table
+from knowgate.evaluation.branches.closed_book import run_closed_book
+from knowgate.evaluation.branches.retrieval import RetrievalBranch
+from knowgate.evaluation.branches.timing import (
+    DEFAULT_SAMPLE,
+    ClosedBookTiming,
+    time_closed_book_stages,
+)
 from knowgate.evaluation.datasets import QADataset
+from knowgate.evaluation.operating_rules import DEFAULT_RULE, RULES, fit_break_even
+from knowgate.evaluation.reporting import Interval
+from knowgate.evaluation.sampling import ids_digest
 
 if TYPE_CHECKING:
     from knowgate.models import LanguageModel
 
 log = logging.getLogger(__name__)
 
-QUESTION_ONLY = "question-only"
 ACCURACY_TOLERANCE = 0.01
+SKIP_RECALL_TARGET = 0.5
 HIGH_RATES = 0.8
 """Curves are also compared on retrieval rates >= 0.8 only: where the oracle of a small model
 sits (it retrieves for the 88-96% of questions the model cannot answer), and where a gate that
 retrieves "only when the model does not know" operates. Below it, a curve mostly measures which
 questions retrieval helps most - not what the model knows."""
-SAVINGS_TARGET = 0.5
+RANDOM_AT_HEADLINE = "random (at the fused rate)"
+LATENCY = (
+    "mean wall time per question as the router serves the request, summed from the question's "
+    "share of each batched stage (batches as run): gate = prefill + signals, then decode or "
+    "retrieval + answer with passages; always = retrieval + answer with passages (plain RAG); "
+    "never = prefill + decode. Not a per-request timing."
+)
 
 
 @dataclass
@@ -80,7 +105,7 @@ class BenchmarkResult:
         grid: retrieval rates of the curves.
     """
 
-    summary: dict[str, Any]
+    summary: BenchmarkSummary
     table: BenchTable
     held_out: HeldOutSet
     curves: dict[str, NDArray[np.float64]]
@@ -100,7 +125,7 @@ def run_branches(
     batch_size: int | None = None,
     timing_sample: int = DEFAULT_SAMPLE,
     progress: bool = True,
-) -> tuple[BenchTable, dict[str, Any]]:
+) -> tuple[BenchTable, dict[str, float], dict[str, ClosedBookTiming]]:
     """Both branches of every question (cached and resumable).
 
     Args:
@@ -112,18 +137,19 @@ def run_branches(
         closed_book_cache: closed-book cache root.
         retrieval_cache: retrieval-branch cache root.
         batch_size: prompts per forward pass.
-        timing_sample: questions per dataset whose closed-book decode is re-timed now (0 = keep
-            the cached times as they are).
+        timing_sample: questions per dataset whose closed-book stages are re-timed now (0 = keep
+            the cached times as they are, and count no signal time).
         progress: progress bars.
 
     Returns:
-        ``(table, run facts)``: the seconds each phase took and the decode re-timing.
+        ``(table, seconds each phase took, closed-book re-timing per dataset)``.
     """
     if not datasets:
         raise DataError("no datasets to benchmark")
+    retrieval = RetrievalBranch(lm, knowledge_base, knowledge_base_dir=knowledge_base_dir, k=k)
     cb_records, rag_records = [], []
     seconds: dict[str, float] = {}
-    timings: dict[str, dict[str, Any]] = {}
+    timings: dict[str, ClosedBookTiming] = {}
     for ds in datasets:
         start = time.perf_counter()
         records = run_closed_book(
@@ -133,30 +159,15 @@ def run_branches(
         seconds[f"closed_book/{ds.name}"] = round(time.perf_counter() - start, 1)
         start = time.perf_counter()
         rag_records.extend(
-            run_retrieval_branch(
-                lm,
-                ds,
-                knowledge_base,
-                knowledge_base_dir=knowledge_base_dir,
-                k=k,
-                cache_dir=retrieval_cache,
-                batch_size=batch_size,
-                progress=progress,
-            )
+            retrieval.run(ds, cache_dir=retrieval_cache, batch_size=batch_size, progress=progress)
         )
         seconds[f"retrieval/{ds.name}"] = round(time.perf_counter() - start, 1)
         if timing_sample:
-            timing = time_closed_book_decode(
+            timings[ds.name] = time_closed_book_stages(
                 lm, records, sample=timing_sample, batch_size=batch_size
             )
-            timings[ds.name] = timing.to_dict()
-    table = build_bench_table(
-        cb_records,
-        rag_records,
-        model_id=lm.model_id,
-        decode_factor={k: v["factor"] for k, v in timings.items()},
-    )
-    return table, {"seconds": seconds, "closed_book_decode_retiming": timings}
+    table = build_bench_table(cb_records, rag_records, model_id=lm.model_id, timings=timings)
+    return table, seconds, timings
 
 
 def _curves(
@@ -174,53 +185,51 @@ def _curves(
 
 def _curve_summary(
     curves: dict[str, NDArray[np.float64]], headline: str, *, low: float = 0.0
-) -> dict[str, Any]:
+) -> CurveSummary:
     """Each curve's mean accuracy; every curve against random; the headline against all others.
 
     ``low`` restricts the comparison to retrieval rates >= ``low``.
     """
     grid = rate_grid()
     keep = (grid > 0) & (grid < 1) & (grid >= low - 1e-12)
-    out: dict[str, Any] = {
-        "rates_from": low,
-        "mean_accuracy": {k: round(float(v[keep].mean()), 5) for k, v in curves.items()},
-        "vs_random": {
-            k: compare_curves(v, curves["random"], grid=grid, low=low).to_dict()
+    return CurveSummary(
+        rates_from=low,
+        mean_accuracy={k: float(v[keep].mean()) for k, v in curves.items()},
+        vs_random={
+            k: compare_curves(v, curves["random"], grid=grid, low=low)
             for k, v in curves.items()
             if k != "random"
         },
-    }
-    if headline in curves:
-        out["headline_vs"] = {
-            k: compare_curves(curves[headline], v, grid=grid, low=low).to_dict()
+        headline_vs={
+            k: compare_curves(curves[headline], v, grid=grid, low=low)
             for k, v in curves.items()
             if k != headline
         }
-    return out
+        if headline in curves
+        else {},
+    )
 
 
 def _curve_targets(
-    curves: dict[str, Any],
+    curves: CurveSummary,
     held: HeldOutSet,
     headline: str,
     table: BenchTable,
     *,
     n_boot: int,
     seed: int,
-) -> dict[str, Any]:
-    vs = curves.get("headline_vs", {})
+) -> CurveTargets | None:
+    if headline not in held.policies or not curves.headline_vs:
+        return None
+    vs = curves.headline_vs
     singles = [n for n, p in held.policies.items() if p.family == "single" and n in vs]
-    below = [n for n in singles if vs[n]["mean_difference"] <= 0]
-    vs_random = curves["vs_random"].get(headline, {})
-    vs_question = vs.get(QUESTION_ONLY)
-    low = curves["rates_from"]
+    below = tuple(n for n in singles if vs[n].mean_difference <= 0)
+    vs_random = curves.vs_random.get(headline)
+    low = curves.rates_from
     head = held.policies[headline].score
     assert head is not None
-    cis: dict[str, list[float | None]] = {}
-    others: dict[str, NDArray[np.float64] | None] = {"random": None}
-    if QUESTION_ONLY in held.policies:
-        others[QUESTION_ONLY] = held.policies[QUESTION_ONLY].score
-    for name, other in others.items():
+
+    def mean_difference(other: NDArray[np.float64] | None) -> Interval:
         est, lo, hi = bootstrap_mean_difference(
             head,
             other,
@@ -230,67 +239,87 @@ def _curve_targets(
             n_boot=min(n_boot, 500),
             seed=seed,
         )
-        cis[name] = [round(v, 5) if np.isfinite(v) else None for v in (est, lo, hi)]
-    return {
-        "rates_from": curves["rates_from"],
-        "above_random_at_every_rate": bool(vs_random.get("share_above") == 1.0),
-        "share_of_rates_above_random": vs_random.get("share_above"),
-        "min_difference_to_random": vs_random.get("min_difference"),
-        "mean_difference_to_random": vs_random.get("mean_difference"),
-        "mean_difference_to_random_ci95": cis["random"],
-        "above_every_single_feature_on_average": not below,
-        "single_features_not_beaten_on_average": below,
-        "single_features_compared": len(singles),
-        "above_question_only_on_average": None
-        if vs_question is None
-        else bool(vs_question["mean_difference"] > 0),
-        "mean_difference_to_question_only": None
-        if vs_question is None
-        else vs_question["mean_difference"],
-        "mean_difference_to_question_only_ci95": cis.get(QUESTION_ONLY),
-    }
+        return Interval.of(est, lo, hi)
+
+    question = held.policies.get(QUESTION_ONLY)
+    return CurveTargets(
+        rates_from=low,
+        above_random_at_every_rate=bool(vs_random is not None and vs_random.share_above == 1.0),
+        share_of_rates_above_random=None if vs_random is None else vs_random.share_above,
+        min_difference_to_random=None if vs_random is None else vs_random.min_difference,
+        mean_difference_to_random=mean_difference(None),
+        above_every_single_feature_on_average=not below,
+        single_features_not_beaten_on_average=below,
+        single_features_compared=len(singles),
+        mean_difference_to_question_only=None
+        if question is None or question.score is None
+        else mean_difference(question.score),
+    )
 
 
 def _targets(
-    summary: dict[str, Any],
+    policies: dict[str, PolicyResult],
     held: HeldOutSet,
-    headline: str,
+    curves: tuple[CurveSummary, CurveSummary],
     table: BenchTable,
     *,
     n_boot: int,
     seed: int,
-) -> dict[str, Any]:
-    policies = summary["policies"]
-    if headline not in policies:
-        return {"note": f"{headline} could not be fitted"}
-    head = policies[headline]
-    always = policies["always"]
-    diff = head["accuracy_minus_always"]
-    return {
-        "policy": headline,
-        "curve": _curve_targets(summary["curves"], held, headline, table, n_boot=n_boot, seed=seed),
-        "curve_high_rates": _curve_targets(
-            summary["curves_high_rates"], held, headline, table, n_boot=n_boot, seed=seed
+) -> Targets | None:
+    if HEADLINE not in policies:
+        return None
+    head, always = policies[HEADLINE], policies["always"]
+    diff = head.accuracy_minus_always
+    vs_random = head.accuracy_minus_random
+    base = float(table.cb_correct.mean())
+    precision = head.skip_precision
+    return Targets(
+        policy=HEADLINE,
+        operating_rule=DEFAULT_RULE,
+        accuracy=head.accuracy.estimate,
+        always_accuracy=always.accuracy.estimate,
+        accuracy_minus_always=diff,
+        accuracy_within_1pt_of_always=bool(
+            diff.estimate is not None and diff.estimate >= -ACCURACY_TOLERANCE
         ),
-        "operating_rule": DEFAULT_RULE,
-        "accuracy": head["accuracy"][0],
-        "always_accuracy": always["accuracy"][0],
-        "accuracy_minus_always": diff,
-        "accuracy_within_1pt_of_always": bool(
-            diff[0] is not None and diff[0] >= -ACCURACY_TOLERANCE
+        accuracy_minus_random=vs_random,
+        above_random_at_same_rate=bool(
+            vs_random is not None and vs_random.low is not None and vs_random.low > 0
         ),
-        "retrieval_rate": head["retrieval_rate"],
-        "oracle_retrieval_rate": policies["oracle"]["retrieval_rate"],
-        "savings_efficiency": head["savings_efficiency"],
-        "savings_efficiency_at_least_0.5": bool(
-            (head["savings_efficiency"] or 0.0) >= SAVINGS_TARGET
+        retrieval_rate=head.retrieval_rate,
+        skip_recall=head.skip_recall,
+        skip_recall_at_least_half=bool((head.skip_recall.estimate or 0.0) >= SKIP_RECALL_TARGET),
+        skip_precision=precision,
+        closed_book_accuracy=base,
+        skip_precision_above_random=bool(
+            precision is not None and precision.low is not None and precision.low > base
         ),
-        "total_seconds": head["total_seconds"],
-        "always_total_seconds": always["total_seconds"],
-        "seconds_vs_always": round(head["total_seconds"] / always["total_seconds"], 4)
-        if always["total_seconds"]
-        else None,
-    }
+        mean_seconds=head.mean_seconds,
+        always_mean_seconds=always.mean_seconds,
+        seconds_vs_always=head.mean_seconds / always.mean_seconds if always.mean_seconds else None,
+        curve=_curve_targets(curves[0], held, HEADLINE, table, n_boot=n_boot, seed=seed),
+        curve_high_rates=_curve_targets(curves[1], held, HEADLINE, table, n_boot=n_boot, seed=seed),
+    )
+
+
+def _suggestion(held: HeldOutSet, table: BenchTable) -> SuggestedOperatingPoint | None:
+    head = held.policies.get(HEADLINE)
+    if head is None or head.p_known is None:
+        return None
+    p, cb, rag = head.p_known, table.cb_correct, table.rag_correct
+    pooled = {label: float(rule(p, cb, rag)) for label, rule in RULES.items()}
+    fit = fit_break_even(p, cb, rag)
+    return SuggestedOperatingPoint(
+        rule=DEFAULT_RULE,
+        fitted_on="pooled held-out p(known) of all questions (as fit_fused chooses thresholds "
+        "from out-of-fold probabilities); its own held-out figure is the leave-one-dataset-out "
+        "table",
+        threshold=pooled[DEFAULT_RULE],
+        operating_point=f"probability:{pooled[DEFAULT_RULE]:.3f}",
+        cuts_by_rule=pooled,
+        break_even_intercept=fit.intercept,
+        break_even_slope=fit.slope,
+    )
 
 
 def evaluate_benchmark(
@@ -301,6 +330,9 @@ def evaluate_benchmark(
     calibration: str = "sigmoid",
     bootstrap: int = 1000,
     singles: bool = True,
+    families: Sequence[str] | None = None,
+    lodo: bool = True,
+    null: bool = True,
     progress: bool = False,
 ) -> BenchmarkResult:
     """Cross-fit and score every policy on cached branches (no model needed).
@@ -313,15 +345,21 @@ def evaluate_benchmark(
             ``sigmoid``).
         bootstrap: resamples for the 95% intervals (0 = none).
         singles: also score each model feature alone.
+        families: the policy families to fit (default: every one; ``singles=False`` drops
+            ``single``).
+        lodo: score the shipped recipe leave-one-dataset-out.
+        null: run the null check (main policies on permuted labels).
         progress: progress bar over the policy fits.
     """
+    chosen = list(families if families is not None else POLICY_FAMILIES)
+    if not singles:
+        chosen = [f for f in chosen if f != "single"]
     held = held_out_policies(
-        table, folds=folds, calibration=calibration, seed=seed, singles=singles, progress=progress
+        table, folds=folds, calibration=calibration, seed=seed, families=chosen, progress=progress
     )
-    always_acc = outcomes(np.ones(table.n, dtype=bool), table)["accuracy"]
     rule = RULES[DEFAULT_RULE]
     decisions: dict[str, NDArray[np.bool_]] = {}
-    policies: dict[str, dict[str, Any]] = {}
+    policies: dict[str, PolicyResult] = {}
     for name, policy in held.policies.items():
         retrieve, cuts = policy.decide(rule, table)
         decisions[name] = retrieve
@@ -329,82 +367,74 @@ def evaluate_benchmark(
             policy,
             retrieve,
             table,
-            always_accuracy=always_acc,
             n_boot=bootstrap if policy.family != "single" else min(bootstrap, 200),
             seed=seed,
             thresholds=cuts,
         )
     if HEADLINE in policies:
-        rate = float(decisions[HEADLINE].mean())
-        policies["random (at the fused rate)"] = random_at_rate(
-            rate, table, always_accuracy=always_acc, n_boot=bootstrap, seed=seed
+        policies[RANDOM_AT_HEADLINE] = random_at_rate(
+            float(decisions[HEADLINE].mean()), table, n_boot=bootstrap, seed=seed
         )
 
-    operating_points: dict[str, dict[str, Any]] = {}
-    suggestion: dict[str, Any] | None = None
+    operating_points: dict[str, PolicyResult] = {}
     if HEADLINE in held.policies:
         head = held.policies[HEADLINE]
         for label, other in RULES.items():
             retrieve, cuts = head.decide(other, table)
             operating_points[label] = evaluate_decisions(
-                head,
-                retrieve,
-                table,
-                always_accuracy=always_acc,
-                n_boot=bootstrap,
-                seed=seed,
-                thresholds=cuts,
+                head, retrieve, table, n_boot=bootstrap, seed=seed, thresholds=cuts
             )
-        assert head.p_known is not None
-        p, cb, rag = head.p_known, table.cb_correct, table.rag_correct
-        pooled = {label: round(float(other(p, cb, rag)), 4) for label, other in RULES.items()}
-        fit = fit_break_even(p, cb, rag)
-        suggestion = {
-            "rule": DEFAULT_RULE,
-            "fitted_on": "pooled held-out p(known) of all questions (as fit_fused chooses "
-            "thresholds from out-of-fold probabilities)",
-            "threshold": pooled[DEFAULT_RULE],
-            "operating_point": f"probability:{pooled[DEFAULT_RULE]:.3f}",
-            "cuts_by_rule": pooled,
-            "break_even_curve": {
-                "intercept": round(fit.intercept, 4),
-                "slope": round(fit.slope, 4),
-            },
-        }
 
-    grid = rate_grid()
     everywhere = np.ones(table.n, dtype=bool)
     curves = _curves(held, table, everywhere, seed)
     pop = popqa_rows(table)
     popqa_curves = _curves(held, table, pop, seed) if pop.sum() >= 2 else {}
     lab = table.labelled
     shown = [p for p in ("never", "always", "oracle", HEADLINE, POPULARITY) if p in decisions]
-    summary: dict[str, Any] = {
-        "model_id": table.model_id,
-        "n_questions": table.n,
-        "folds": len(held.splits),
-        "seed": seed,
-        "calibration": calibration,
-        "bootstrap_resamples": bootstrap,
-        "operating_rule": DEFAULT_RULE,
-        "headline_policy": HEADLINE,
-        "branches": summarize_branches(table),
-        "policies": policies,
-        "skipped_policies": held.skipped,
-        "operating_points": operating_points,
-        "suggested_default_operating_point": suggestion,
-        "curves": _curve_summary(curves, HEADLINE),
-        "curves_high_rates": _curve_summary(curves, HEADLINE, low=HIGH_RATES),
-        "popqa_curves": _curve_summary(popqa_curves, HEADLINE) if popqa_curves else {},
-        "per_dataset": {
+    all_rates = _curve_summary(curves, HEADLINE)
+    high_rates = _curve_summary(curves, HEADLINE, low=HIGH_RATES)
+    main = [c for c in candidates(table, [f for f in chosen if f != "single"])]
+    summary = BenchmarkSummary(
+        model_id=table.model_id,
+        n_questions=table.n,
+        folds=len(held.splits),
+        seed=seed,
+        calibration=calibration,
+        bootstrap_resamples=bootstrap,
+        operating_rule=DEFAULT_RULE,
+        headline_policy=HEADLINE,
+        latency=LATENCY,
+        branches=summarize_branches(table),
+        policies=policies,
+        skipped_policies=held.skipped,
+        operating_points=operating_points,
+        suggested_default_operating_point=_suggestion(held, table),
+        curves=all_rates,
+        curves_high_rates=high_rates,
+        popqa_curves=_curve_summary(popqa_curves, HEADLINE) if popqa_curves else None,
+        per_dataset={
             name: per_group(decisions[name], table, lab.datasets, held.policies[name].rows)
             for name in shown
         },
-        "popqa": breakdowns(table, {name: decisions[name] for name in shown}),
-        "sparsity_vs_log_popularity": sparsity_popularity_correlations(table),
-    }
-    summary["targets"] = _targets(summary, held, HEADLINE, table, n_boot=bootstrap, seed=seed)
-    return BenchmarkResult(summary, table, held, curves, popqa_curves, grid)
+        popqa=breakdowns(table, {name: decisions[name] for name in shown}),
+        sparsity_vs_log_popularity=sparsity_popularity_correlations(table),
+        targets=_targets(
+            policies, held, (all_rates, high_rates), table, n_boot=bootstrap, seed=seed
+        ),
+        leave_one_dataset_out=leave_one_dataset_out(
+            table,
+            recipe_for(lab, calibration=calibration, seed=seed),
+            folds=folds,
+            n_boot=bootstrap,
+            seed=seed,
+        )
+        if lodo
+        else None,
+        null_check=null_check(table, main, folds=folds, calibration=calibration, seed=seed)
+        if null and main
+        else None,
+    )
+    return BenchmarkResult(summary, table, held, curves, popqa_curves, rate_grid())
 
 
 def dataset_record(datasets: Sequence[QADataset]) -> list[dict[str, Any]]:

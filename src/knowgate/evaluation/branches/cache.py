@@ -1,11 +1,21 @@
-"""Append-only, resumable JSONL caches of answered questions (closed-book and retrieval branches).
+"""The branch-runner template and its append-only, resumable JSONL cache.
 
-Answering thousands of questions takes the benchmark most of its time, so every answer is kept
-on disk and a run never answers a question twice:
+The benchmark answers every question more than once - closed-book with every signal, with
+retrieval, and with the peers' extra calls - and each of these *branches* is a
+:class:`BranchRunner`: four pieces, nothing else.
 
-- **Key.** A cache file holds one model's answers to one dataset under one configuration; its
-  first line is a header with the key material (everything the answers depend on) and the
-  SHA-256 of it. Callers name the file by that key, so a changed configuration writes a new file.
+- **Key material** (:meth:`BranchRunner.key_material`): everything a row depends on (model,
+  weights fingerprint, prompts, generation settings, dataset content hash, branch settings), a
+  JSON-able dict. The cache file is ``<runs>/<folder>/<model>/<dataset>-<key16>.jsonl``, where
+  ``key16`` starts the SHA-256 of that dict; its first line is a header with the material and the
+  full key. Change anything the answers depend on and a new file is written.
+- **Answer a batch** (:meth:`BranchRunner.answer_batch`): one JSON-able row per question.
+- **Parse a record** (:meth:`BranchRunner.parse_record`): a raw row back into a typed record;
+  scores are recomputed here from the stored answer, so fixing the scorer never needs the model.
+- **Load without a model** (:meth:`BranchRunner.load`): a finished cache file read for analyses.
+
+The cache itself:
+
 - **Append-only.** Each batch appends one line per question, flushed and fsync'ed, so an
   interruption loses at most the batch in flight. A run skips ids already on disk; a torn last
   line is dropped (and cut off before appending).
@@ -25,10 +35,11 @@ import logging
 import os
 import re
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -37,7 +48,12 @@ from knowgate.errors import DataError
 from knowgate.evaluation.datasets import QADataset, QAExample
 from knowgate.jsonio import atomic_write_text
 
+if TYPE_CHECKING:
+    from knowgate.models import LanguageModel
+
 log = logging.getLogger(__name__)
+
+RUNS_DIR_ENV_VAR = "KNOWGATE_RUNS_DIR"
 
 CACHE_FORMAT = 1  # rows with arrays (below) are an addition old readers ignore
 ARRAYS_KEY = "_arrays"
@@ -45,6 +61,12 @@ ARRAYS_KEY = "_arrays"
 
 AnswerBatch = Callable[[Sequence[QAExample]], list[dict[str, Any]]]
 """Answers a batch of questions: one JSON-able row per question (``kind`` and ``id`` are added)."""
+
+
+def default_runs_dir() -> Path:
+    """``$KNOWGATE_RUNS_DIR`` if set, else ``runs/`` under the working directory (git-ignored)."""
+    env = os.environ.get(RUNS_DIR_ENV_VAR)
+    return Path(env).expanduser() if env else Path.cwd() / "runs"
 
 
 def cache_key(material: Mapping[str, Any]) -> str:
@@ -284,7 +306,10 @@ def load_cached_rows(
     header, rows, _ = read_cache(Path(path), what)
     if branch is not None and header.get("branch") != branch:
         raise DataError(f"{path}: not a {what} cache")
-    if header.get("dataset", {}).get("content_hash") != dataset.content_hash:
+    written_for = header.get("dataset")
+    if not isinstance(written_for, Mapping) or "content_hash" not in written_for:
+        raise DataError(f"{path}: the header names no dataset content hash")
+    if written_for["content_hash"] != dataset.content_hash:
         raise DataError(f"{path}: cache was written for another version of {dataset.name}")
     missing = [ex.id for ex in dataset if ex.id not in rows]
     if missing:
@@ -293,3 +318,97 @@ def load_cached_rows(
             "finish the run first"
         )
     return rows
+
+
+RecordT = TypeVar("RecordT")
+
+
+class BranchRunner(ABC, Generic[RecordT]):
+    """One branch of the benchmark: a cached, resumable model run over a dataset's questions.
+
+    A subclass names its cache :attr:`folder` and implements the four pieces of the module
+    docstring; :meth:`run` and :meth:`load` are shared. Instances hold the model and the
+    branch's settings (a knowledge base and ``k``, a sample count), which is what the key
+    material reads.
+
+    Attributes:
+        folder: the cache root's sub-folder under the runs directory.
+        what: the branch in messages and progress bars.
+        branch: the header's ``branch`` value that :meth:`load` checks (``None``: not checked,
+            for caches whose key material has no ``branch`` entry).
+    """
+
+    folder: ClassVar[str]
+    what: ClassVar[str]
+    branch: ClassVar[str | None] = None
+
+    def __init__(self, lm: LanguageModel) -> None:
+        self.lm = lm
+
+    @abstractmethod
+    def key_material(self, dataset: QADataset) -> dict[str, Any]:
+        """Everything a row depends on, as a JSON-able dict (the cache header).
+
+        It must hold ``dataset: {"name", "content_hash"}`` (:meth:`load` checks the file against
+        the dataset with it) and, when :attr:`branch` is set, ``branch``.
+        """
+
+    @abstractmethod
+    def answer_batch(self, chunk: Sequence[QAExample]) -> list[dict[str, Any]]:
+        """Answer one batch: one JSON-able row per question, in order."""
+
+    @classmethod
+    @abstractmethod
+    def parse_record(cls, row: Mapping[str, Any], example: QAExample, dataset: str) -> RecordT:
+        """A raw cached row as a typed record (scores recomputed from the stored answer).
+
+        Raises:
+            DataError: the row lacks a field or has the wrong type.
+        """
+
+    def cache_path(self, dataset: QADataset, cache_dir: Path | None = None) -> Path:
+        """Where this branch's rows of ``dataset`` live (``cache_dir``: the branch's root)."""
+        return self._path(cache_key(self.key_material(dataset)), dataset, cache_dir)
+
+    def _path(self, key: str, dataset: QADataset, cache_dir: Path | None) -> Path:
+        root = Path(cache_dir) if cache_dir is not None else default_runs_dir() / self.folder
+        return root / slug(self.lm.model_id) / f"{slug(dataset.name)}-{key[:16]}.jsonl"
+
+    def run(
+        self,
+        dataset: QADataset,
+        *,
+        cache_dir: Path | None = None,
+        batch_size: int | None = None,
+        progress: bool = True,
+    ) -> list[RecordT]:
+        """Answer the questions of ``dataset`` not yet cached; every record, in dataset order.
+
+        Args:
+            dataset: the questions (a ``head`` or sample of a file shares the file's cache).
+            cache_dir: the branch's cache root (default ``<runs dir>/<folder>``).
+            batch_size: questions per :meth:`answer_batch` (default from the model config).
+            progress: show a tqdm bar over the questions still to run.
+        """
+        material = self.key_material(dataset)
+        rows = fill_cache(
+            self._path(cache_key(material), dataset, cache_dir),
+            material,
+            dataset,
+            self.answer_batch,
+            batch_size=batch_size or self.lm.config.generation.batch_size,
+            what=self.what,
+            progress=progress,
+        )
+        return [self.parse_record(rows[ex.id], ex, dataset.name) for ex in dataset]
+
+    @classmethod
+    def load(cls, path: Path, dataset: QADataset) -> list[RecordT]:
+        """Records of a finished cache file, without a model.
+
+        Raises:
+            DataError: not this branch's cache, written for another version of the dataset, or
+                missing some of its questions.
+        """
+        rows = load_cached_rows(path, dataset, what=cls.what, branch=cls.branch)
+        return [cls.parse_record(rows[ex.id], ex, dataset.name) for ex in dataset]

@@ -1,19 +1,21 @@
 """An HTTP front for a router (FastAPI; ``pip install knowgate[serve]``).
 
 Services that are not written in Python - or that should not load a model per worker - call one
-knowgate process over HTTP. The app holds one :class:`~knowgate.routing.Router`; FastAPI runs the
-synchronous endpoints in its thread pool and the model serialises its forward passes behind its
-own lock, so concurrent requests are safe (they queue for the model; batch them with
-``/route_batch`` for throughput).
+knowgate process over HTTP. The app holds one :class:`~knowgate.routing.QueryRouter`: a
+:class:`~knowgate.routing.Router`, or an :class:`~knowgate.experiments.ExperimentRouter` running
+an A/B test on top of one. FastAPI runs the synchronous endpoints in its thread pool and the
+model serialises its forward passes behind its own lock, so concurrent requests are safe (they
+queue for the model; batch them with ``/route_batch`` for throughput).
 
 Endpoints:
 
-- ``GET /health``: model, policy, gate mode, whether a knowledge base and an experiment are set.
+- ``GET /health``: model, policy, gate mode, whether a knowledge base, an experiment and a
+  decision log are set.
 - ``POST /route``: ``{"query": ..., "threshold": null, "unit_id": null, "passage_text": false}``
   -> the :class:`~knowgate.routing.RoutedAnswer` as ``knowgate ask --json`` prints it.
 - ``POST /route_batch``: ``{"queries": [...], "threshold": null, "unit_ids": null}`` -> a list.
 - ``POST /feedback``: ``{"request_id": ..., "correct": true, "score": null}``: the outcome of a
-  logged request, for A/B reports (needs the router's decision log).
+  logged request, for A/B reports (needs an ExperimentRouter with a decision log).
 
 Errors are JSON ``{"error": message, "type": error class}``: 422 for a bad request (empty or
 oversized query, a threshold out of range, a malformed body), 409 for an experiment conflict,
@@ -26,12 +28,19 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from knowgate.errors import ExperimentError, InputError, KnowgateError, PolicyError
+from knowgate._version import __version__
+from knowgate.errors import (
+    ExperimentError,
+    InputError,
+    KnowgateError,
+    MissingPackageError,
+    PolicyError,
+)
+from knowgate.experiments import DecisionLog, ExperimentRouter, Outcome
+from knowgate.routing import QueryRouter
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
-
-    from knowgate.routing import Router
 
 MAX_BATCH = 256
 """Queries per ``/route_batch`` request (one request holds the model for the whole batch)."""
@@ -76,8 +85,13 @@ def _status(exc: KnowgateError) -> int:
     return 500
 
 
-def create_app(router: Router) -> FastAPI:
-    """The HTTP app serving ``router``.
+def create_app(router: QueryRouter, *, decision_log: DecisionLog | None = None) -> FastAPI:
+    """The HTTP app serving ``router`` (a Router, or an ExperimentRouter on top of one).
+
+    Args:
+        router: answers ``/route`` and ``/route_batch``.
+        decision_log: where ``/feedback`` records outcomes; ``None`` uses the decision log of an
+            ExperimentRouter (a plain Router has none, and ``/feedback`` answers 503).
 
     Raises:
         MissingPackageError: FastAPI is not installed.
@@ -86,10 +100,9 @@ def create_app(router: Router) -> FastAPI:
         from fastapi import FastAPI, Request
         from fastapi.responses import JSONResponse
     except ImportError as exc:  # pragma: no cover - the extra is installed by make
-        from knowgate.errors import MissingPackageError
-
         raise MissingPackageError("serving needs FastAPI: pip install 'knowgate[serve]'") from exc
-    from knowgate import __version__
+    if decision_log is None and isinstance(router, ExperimentRouter):
+        decision_log = router.decision_log
 
     app = FastAPI(
         title="knowgate",
@@ -105,16 +118,8 @@ def create_app(router: Router) -> FastAPI:
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        experiment = router.experiment
-        return {
-            "status": "ok",
-            "model": router.model.model_id,
-            "policy": router.policy.policy_id,
-            "gate_mode": router.config.gate.mode,
-            "knowledge_base": router.source is not None,
-            "experiment": experiment.name if experiment is not None else None,
-            "decision_log": router.decision_log is not None,
-        }
+        described = {"experiment": None, **router.describe()}
+        return {"status": "ok", **described, "decision_log": decision_log is not None}
 
     @app.post("/route")
     def route(body: RouteRequest) -> dict[str, Any]:
@@ -128,22 +133,20 @@ def create_app(router: Router) -> FastAPI:
 
     @app.post("/feedback")
     def feedback(body: FeedbackRequest) -> Any:
-        from knowgate.experiments import Outcome
-
-        if router.decision_log is None:
+        if decision_log is None:
             return JSONResponse(
                 status_code=503,
                 content={"error": "this server logs no decisions (no experiment decision log)"},
             )
         try:
-            router.decision_log.request(body.request_id)
+            decision_log.request(body.request_id)
         except ExperimentError as exc:
             return JSONResponse(
                 status_code=404, content={"error": str(exc), "type": type(exc).__name__}
             )
         outcome = Outcome(body.request_id, body.correct, body.score, body.label_source)
         try:
-            return {"recorded": router.decision_log.record_outcomes([outcome])}
+            return {"recorded": decision_log.record_outcomes([outcome])}
         except ExperimentError as exc:  # an invalid outcome (e.g. a NaN score)
             return JSONResponse(
                 status_code=422, content={"error": str(exc), "type": type(exc).__name__}

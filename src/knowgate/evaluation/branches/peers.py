@@ -9,7 +9,7 @@ on the same questions:
   (one extra short prompt, no decoding).
 
 Both run once per model, prompt and dataset and are kept in a resumable cache like the closed-book
-one (:mod:`knowgate.evaluation.answer_cache`); the features are computed on read
+one (a :class:`~knowgate.evaluation.branches.cache.BranchRunner`); the features are computed on read
 (:mod:`knowgate.signals.consistency`), so fixing a feature never needs the model. Each row keeps
 the wall time of its batch's calls, so the benchmark can report what each peer costs.
 """
@@ -17,20 +17,24 @@ the wall time of its batch's calls, so the benchmark can report what each peer c
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from knowgate.errors import DataError
-from knowgate.evaluation.answer_cache import cache_key, fill_cache, load_cached_rows, slug
-from knowgate.evaluation.closed_book import cache_key_material, default_runs_dir
+from knowgate.evaluation.branches.cache import BranchRunner
+from knowgate.evaluation.branches.closed_book import (
+    PROBE_QUESTION,
+    SIGNAL_ONLY_KEYS,
+    cache_key_material,
+)
 from knowgate.evaluation.datasets import QADataset, QAExample
 
 if TYPE_CHECKING:
     from knowgate.models import LanguageModel
 
-WHAT = "peer-signals"
 BRANCH = "peers"
 DEFAULT_SAMPLES = 5
 DEFAULT_TEMPERATURE = 1.0
@@ -75,9 +79,9 @@ def peer_key_material(
 ) -> dict[str, Any]:
     """What the peer calls depend on: the closed-book key plus sampling and self-report settings."""
     material = cache_key_material(lm, dataset)
-    for signal_only in ("layers", "feature_names", "arrays"):
+    for signal_only in SIGNAL_ONLY_KEYS:
         material.pop(signal_only, None)
-    probe = lm.formatter.self_report("What is the capital of France?")
+    probe = lm.formatter.self_report(PROBE_QUESTION)
     material.update(
         branch=BRANCH,
         samples=samples,
@@ -95,19 +99,82 @@ def _batch_seed(seed: int, chunk: Sequence[QAExample]) -> int:
     return (int.from_bytes(digest[:4], "big") + seed) % (2**31)
 
 
-def _record_from_row(row: Mapping[str, Any], example: QAExample) -> PeerRecord:
-    try:
-        return PeerRecord(
-            example=example,
-            samples=tuple(str(s) for s in row["samples"]),
-            p_yes=float(row["p_yes"]),
-            p_no=float(row["p_no"]),
-            sample_seconds=float(row["sample_seconds"]),
-            self_report_seconds=float(row["self_report_seconds"]),
-            batch_size=int(row["batch_size"]),
+class PeerBranch(BranchRunner[PeerRecord]):
+    """``K`` sampled answers and the self-report probabilities of every question.
+
+    Args:
+        lm: the model.
+        samples: answers sampled per question (``K``).
+        temperature: sampling temperature.
+        seed: base seed (each batch's seed also depends on its question ids).
+    """
+
+    folder = BRANCH
+    what = "peer-signals"
+    branch = BRANCH
+
+    def __init__(
+        self,
+        lm: LanguageModel,
+        *,
+        samples: int = DEFAULT_SAMPLES,
+        temperature: float = DEFAULT_TEMPERATURE,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(lm)
+        self.samples = samples
+        self.temperature = temperature
+        self.seed = seed
+
+    def key_material(self, dataset: QADataset) -> dict[str, Any]:
+        """See :func:`peer_key_material`."""
+        return peer_key_material(
+            self.lm, dataset, samples=self.samples, temperature=self.temperature, seed=self.seed
         )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise DataError(f"malformed peer-signal record for {example.id!r}: {exc!r}") from exc
+
+    def answer_batch(self, chunk: Sequence[QAExample]) -> list[dict[str, Any]]:
+        """Sample ``K`` answers from one shared prefill, then one self-report prefill."""
+        lm = self.lm
+        prompts = [lm.format_prompt(ex.question) for ex in chunk]
+        sampled = lm.sample(
+            prompts,
+            k=self.samples,
+            temperature=self.temperature,
+            seed=_batch_seed(self.seed, chunk),
+        )
+        sample_seconds = sampled[0][0].seconds
+        start = time.perf_counter()
+        probs = lm.next_token_probability(
+            [lm.formatter.self_report(ex.question) for ex in chunk], SELF_REPORT_WORDS
+        )
+        report_seconds = time.perf_counter() - start
+        return [
+            {
+                "samples": [d.text for d in drafts],
+                "p_yes": float(p[0]),
+                "p_no": float(p[1]),
+                "sample_seconds": round(sample_seconds, 6),
+                "self_report_seconds": round(report_seconds, 6),
+                "batch_size": len(chunk),
+            }
+            for drafts, p in zip(sampled, probs, strict=True)
+        ]
+
+    @classmethod
+    def parse_record(cls, row: Mapping[str, Any], example: QAExample, dataset: str) -> PeerRecord:
+        """A cached row as a :class:`PeerRecord`."""
+        try:
+            return PeerRecord(
+                example=example,
+                samples=tuple(str(s) for s in row["samples"]),
+                p_yes=float(row["p_yes"]),
+                p_no=float(row["p_no"]),
+                sample_seconds=float(row["sample_seconds"]),
+                self_report_seconds=float(row["self_report_seconds"]),
+                batch_size=int(row["batch_size"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"malformed peer-signal record for {example.id!r}: {exc!r}") from exc
 
 
 def run_peer_signals(
@@ -136,45 +203,8 @@ def run_peer_signals(
     Returns:
         One record per question, in dataset order.
     """
-    import time
-
-    material = peer_key_material(lm, dataset, samples=samples, temperature=temperature, seed=seed)
-    root = Path(cache_dir) if cache_dir is not None else default_runs_dir() / BRANCH
-    path = root / slug(lm.model_id) / f"{slug(dataset.name)}-{cache_key(material)[:16]}.jsonl"
-
-    def answer(chunk: Sequence[QAExample]) -> list[dict[str, Any]]:
-        prompts = [lm.format_prompt(ex.question) for ex in chunk]
-        sampled = lm.sample(
-            prompts, k=samples, temperature=temperature, seed=_batch_seed(seed, chunk)
-        )
-        sample_seconds = sampled[0][0].seconds
-        start = time.perf_counter()
-        probs = lm.next_token_probability(
-            [lm.formatter.self_report(ex.question) for ex in chunk], SELF_REPORT_WORDS
-        )
-        report_seconds = time.perf_counter() - start
-        return [
-            {
-                "samples": [d.text for d in drafts],
-                "p_yes": float(p[0]),
-                "p_no": float(p[1]),
-                "sample_seconds": round(sample_seconds, 6),
-                "self_report_seconds": round(report_seconds, 6),
-                "batch_size": len(chunk),
-            }
-            for drafts, p in zip(sampled, probs, strict=True)
-        ]
-
-    rows = fill_cache(
-        path,
-        material,
-        dataset,
-        answer,
-        batch_size=batch_size or lm.config.generation.batch_size,
-        what=WHAT,
-        progress=progress,
-    )
-    return [_record_from_row(rows[ex.id], ex) for ex in dataset]
+    branch = PeerBranch(lm, samples=samples, temperature=temperature, seed=seed)
+    return branch.run(dataset, cache_dir=cache_dir, batch_size=batch_size, progress=progress)
 
 
 def load_peer_signals(path: Path, dataset: QADataset) -> list[PeerRecord]:
@@ -183,5 +213,4 @@ def load_peer_signals(path: Path, dataset: QADataset) -> list[PeerRecord]:
     Raises:
         DataError: not a peer cache, written for another dataset, or incomplete.
     """
-    rows = load_cached_rows(path, dataset, what=WHAT, branch=BRANCH)
-    return [_record_from_row(rows[ex.id], ex) for ex in dataset]
+    return PeerBranch.load(path, dataset)

@@ -10,22 +10,19 @@ differ in both (capitals are popular and have short, familiar templates).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 from scipy.stats import spearmanr
 
-from knowgate.evaluation.bench.both_branches import BenchTable
-from knowgate.evaluation.bench.policy_metrics import per_group
+from knowgate.evaluation.bench.policy_results import per_group
+from knowgate.evaluation.bench.summary import PopQABreakdowns, SparsityCorrelation
+from knowgate.evaluation.bench.table import BenchTable
 from knowgate.evaluation.metrics import POPULARITY_BUCKETS, popularity_bucket
+from knowgate.evaluation.reporting import finite
 from knowgate.signals import feature_specs
 
 MIN_RELATION_ROWS = 20
-
-
-def _r(value: float) -> float | None:
-    return None if not np.isfinite(value) else round(float(value), 4)
 
 
 def popqa_rows(table: BenchTable) -> NDArray[np.bool_]:
@@ -35,11 +32,11 @@ def popqa_rows(table: BenchTable) -> NDArray[np.bool_]:
 
 def breakdowns(
     table: BenchTable, decisions: Mapping[str, NDArray[np.bool_]]
-) -> dict[str, dict[str, Any]]:
+) -> PopQABreakdowns | None:
     """Accuracy and retrieval rate of each policy's decisions per bucket and per relation."""
     rows = popqa_rows(table)
     if not rows.any():
-        return {}
+        return None
     lab = table.labelled
     buckets = np.asarray([popularity_bucket(p) or "" for p in lab.popularity])
     order = [name for name, _, _ in POPULARITY_BUCKETS]
@@ -56,15 +53,15 @@ def breakdowns(
         policy: dict(
             sorted(
                 per_group(retrieve, table, lab.relations, rows & (lab.relations != "")).items(),
-                key=lambda kv: -kv[1]["n"],
+                key=lambda kv: -kv[1].n,
             )
         )
         for policy, retrieve in decisions.items()
     }
-    return {"per_popularity_bucket": by_bucket, "per_relation": by_relation}
+    return PopQABreakdowns(by_bucket, by_relation)
 
 
-def sparsity_popularity_correlations(table: BenchTable) -> dict[str, dict[str, Any]]:
+def sparsity_popularity_correlations(table: BenchTable) -> dict[str, SparsityCorrelation]:
     """Spearman correlation of each sparsity feature with log popularity (pooled, within relation).
 
     *Within relation* is the row-weighted mean of per-relation Spearman correlations over
@@ -81,7 +78,7 @@ def sparsity_popularity_correlations(table: BenchTable) -> dict[str, dict[str, A
     big = [
         r for r in dict.fromkeys(relations.tolist()) if np.sum(relations == r) >= MIN_RELATION_ROWS
     ]
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, SparsityCorrelation] = {}
     for name in names:
         x = lab.features[name][rows]
         if np.ptp(x) == 0:
@@ -93,12 +90,12 @@ def sparsity_popularity_correlations(table: BenchTable) -> dict[str, dict[str, A
             if np.ptp(x[m]) > 0 and np.ptp(log_pop[m]) > 0:
                 within.append(float(spearmanr(x[m], log_pop[m])[0]))
                 weights.append(int(m.sum()))
-        out[name] = {
-            "spearman": _r(float(rho)),
-            "p_value": float(p),
-            "spearman_within_relation": _r(float(np.average(within, weights=weights)))
+        out[name] = SparsityCorrelation(
+            spearman=finite(float(rho)),
+            p_value=finite(float(p)),
+            spearman_within_relation=finite(float(np.average(within, weights=weights)))
             if within
             else None,
-            "relations": len(within),
-        }
-    return dict(sorted(out.items(), key=lambda kv: -abs(kv[1]["spearman"] or 0.0)))
+            relations=len(within),
+        )
+    return dict(sorted(out.items(), key=lambda kv: -abs(kv[1].spearman or 0.0)))

@@ -1,0 +1,227 @@
+"""The branch runners' template and their cache keys, pinned for a fake model.
+
+Long runs fill the branch caches for hours; a refactor that changed a key would silently start
+them over (or, worse, mix answers of two configurations). The key material's structure and the
+file naming are pinned here with values worked out by hand; the real models' keys are compared
+across checkouts with ``benchmarks/cache_keys.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytest
+
+from branch_helpers import N_LAYERS, FakeLM
+from knowgate.errors import DataError
+from knowgate.evaluation.branches.cache import BranchRunner, read_cache
+from knowgate.evaluation.branches.closed_book import (
+    ClosedBookBranch,
+    cache_key_material,
+    closed_book_cache_path,
+)
+from knowgate.evaluation.branches.peers import PeerBranch, peer_key_material
+from knowgate.evaluation.branches.retrieval import RetrievalBranch, retrieval_key_material
+from knowgate.evaluation.datasets import QADataset, QAExample, load_dataset
+from knowgate.models.config import PromptConfig
+
+PROBE = "What is the capital of France?"
+KB = {"manifest": "manifest.json", "sha256": "ab" * 32, "documents": 3, "embedding_model": "e"}
+
+
+class _Formatter:
+    def self_report(self, question: str) -> str:
+        return f"Can you answer {question} from memory?"
+
+
+class KeyLM(FakeLM):
+    """A fake model whose RAG prompt shows its passages and that has a self-report prompt."""
+
+    formatter = _Formatter()
+
+    def format_prompt(self, question, passages=None):
+        context = "".join(f"{p.title}: {p.text}\n" for p in passages or ())
+        return f"{self.config.prompt.system_prompt}\n{context}Q: {question}\nA:"
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@pytest.fixture
+def dataset(tmp_path) -> QADataset:
+    path = tmp_path / "toy.jsonl"
+    rows = [
+        {"id": f"q{i}", "question": f"What is number {i}?", "golden_answers": ["x"]} for i in (1, 2)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return load_dataset(path)
+
+
+def test_closed_book_key_material_is_pinned(dataset) -> None:
+    lm = KeyLM()
+    material = cache_key_material(lm, dataset)
+    assert set(material) == {
+        "format",
+        "model_id",
+        "model_fingerprint",
+        "dtype",
+        "layers",
+        "prompt",
+        "prompt_probe_sha256",
+        "generation",
+        "feature_names",
+        "arrays",
+        "dataset",
+    }
+    assert material["format"] == 1
+    assert material["model_id"] == "fake-lm"
+    # not a packaged, GGUF, local or hub model: the SHA-256 of its (empty) parameter dict
+    assert material["model_fingerprint"] == "params:" + hashlib.sha256(b"").hexdigest()
+    assert material["dtype"] == lm.config.dtype
+    assert material["layers"] == [0, 1, 2, 3]
+    # the self-report prompt keys the peer cache only
+    assert set(material["prompt"]) == set(PromptConfig.model_fields) - {"self_report_template"}
+    assert material["prompt"]["system_prompt"] == "Answer briefly."
+    assert material["prompt_probe_sha256"] == sha(f"Answer briefly.\nQ: {PROBE}\nA:")
+    generation = lm.config.generation
+    assert material["generation"] == {
+        "max_new_tokens": generation.max_new_tokens,
+        "stop_at_newline": generation.stop_at_newline,
+    }
+    assert cache_key_material(lm, dataset, max_new_tokens=4)["generation"]["max_new_tokens"] == 4
+    assert set(material["arrays"]) == {"probe_hidden", "sparsity_by_layer"}
+    assert material["arrays"]["probe_hidden"] == {
+        "layers": [0, 1, 2, 3],  # 4 layers: every one is a probe layer
+        "positions": ["prompt_end", "question_end", "question_mean"],
+        "dtype": "float16",
+    }
+    assert set(material["arrays"]["sparsity_by_layer"]) == {"rows", "positions", "layers"}
+    assert material["feature_names"] == sorted(material["feature_names"])
+    assert "hidden_hoyer_last_at_question_end" in material["feature_names"]
+    assert material["dataset"] == {"name": "toy", "content_hash": dataset.content_hash}
+
+
+def test_other_branches_drop_the_signal_entries_and_add_their_own(dataset) -> None:
+    lm = KeyLM()
+    closed = cache_key_material(lm, dataset)
+    shared = {k: v for k, v in closed.items() if k not in ("layers", "feature_names", "arrays")}
+    retrieval = retrieval_key_material(lm, dataset, knowledge_base=KB, k=3, mode="hybrid")
+    passage = "Paris: Paris is the capital.\n"
+    assert retrieval == {
+        **shared,
+        "branch": "retrieval",
+        "knowledge_base": KB,
+        "k": 3,
+        "search_mode": "hybrid",
+        "rag_prompt_probe_sha256": sha(f"Answer briefly.\n{passage}Q: {PROBE}\nA:"),
+    }
+    peers = peer_key_material(lm, dataset, samples=5, temperature=1.0, seed=0)
+    assert peers == {
+        **shared,
+        "branch": "peers",
+        "samples": 5,
+        "temperature": 1.0,
+        "seed": 0,
+        "self_report_words": ["yes", "no"],
+        "self_report_probe_sha256": sha(f"Can you answer {PROBE} from memory?"),
+    }
+
+
+def test_cache_files_are_named_by_the_sha256_of_the_canonical_material(tmp_path, dataset) -> None:
+    lm = KeyLM()
+    key = sha(json.dumps(cache_key_material(lm, dataset), sort_keys=True))
+    path = closed_book_cache_path(lm, dataset, tmp_path)
+    assert path == tmp_path / "fake-lm" / f"toy-{key[:16]}.jsonl"
+    assert ClosedBookBranch(lm).cache_path(dataset, tmp_path) == path
+    peers = peer_key_material(lm, dataset, samples=5, temperature=1.0, seed=0)
+    assert PeerBranch(lm).cache_path(dataset, tmp_path) == (
+        tmp_path / "fake-lm" / f"toy-{sha(json.dumps(peers, sort_keys=True))[:16]}.jsonl"
+    )
+
+
+def test_default_cache_roots_are_the_branch_folders(monkeypatch, tmp_path, dataset) -> None:
+    monkeypatch.setenv("KNOWGATE_RUNS_DIR", str(tmp_path))
+    lm = KeyLM()
+    assert ClosedBookBranch(lm).cache_path(dataset).parent == tmp_path / "closed_book" / "fake-lm"
+    assert PeerBranch(lm).cache_path(dataset).parent == tmp_path / "peers" / "fake-lm"
+    assert RetrievalBranch.folder == "retrieval"
+
+
+class CountingBranch(BranchRunner[str]):
+    """A toy branch: the template needs nothing but its four pieces."""
+
+    folder = "counting"
+    what = "counting"
+    branch = "counting"
+
+    def __init__(self, lm: Any) -> None:
+        super().__init__(lm)
+        self.batches: list[int] = []
+
+    def key_material(self, dataset: QADataset) -> dict[str, Any]:
+        return {
+            "format": 1,
+            "branch": self.branch,
+            "dataset": {"name": dataset.name, "content_hash": dataset.content_hash},
+        }
+
+    def answer_batch(self, chunk: Sequence[QAExample]) -> list[dict[str, Any]]:
+        self.batches.append(len(chunk))
+        return [{"length": len(ex.question)} for ex in chunk]
+
+    @classmethod
+    def parse_record(cls, row: Mapping[str, Any], example: QAExample, dataset: str) -> str:
+        return f"{dataset}:{example.id}:{row['length']}"
+
+
+def test_the_template_runs_caches_and_loads_without_a_model(tmp_path, dataset) -> None:
+    runner = CountingBranch(FakeLM())
+    first = runner.run(dataset, cache_dir=tmp_path, batch_size=1, progress=False)
+    assert first == ["toy:q1:17", "toy:q2:17"] and runner.batches == [1, 1]
+    assert runner.run(dataset, cache_dir=tmp_path, progress=False) == first
+    assert runner.batches == [1, 1]  # nothing answered twice
+    path = runner.cache_path(dataset, tmp_path)
+    header, rows, _ = read_cache(path, "counting")
+    assert header["branch"] == "counting" and set(rows) == {"q1", "q2"}
+    assert CountingBranch.load(path, dataset) == first
+    with pytest.raises(DataError, match="not a peer-signals cache"):
+        PeerBranch.load(path, dataset)
+
+
+def test_retrieval_records_read_the_plain_rag_stages() -> None:
+    example = QAExample("q1", "What is number 1?", ("one",))
+    row = {
+        "answer": "one",
+        "passage_ids": ["p1"],
+        "retrieval_error": None,
+        # a cache written before always-retrieve was plain RAG also timed a gate: ignored
+        "timings_ms": {
+            "prefill": 40.0,
+            "signals": 2.0,
+            "retrieve": 50.0,
+            "answer_with_passages": 900.0,
+        },
+        "batch_size": 8,
+    }
+    record = RetrievalBranch.parse_record(row, example, "toy")
+    assert record.retrieve_seconds == pytest.approx(0.05)
+    assert record.answer_seconds == pytest.approx(0.9)
+    assert record.correct and record.evidence_hit is None
+    # the router fell back to a closed-book answer: its pass is the answer's cost
+    fallback = {**row, "timings_ms": {"retrieve": 50.0, "decode": 300.0}, "passage_ids": []}
+    assert RetrievalBranch.parse_record(fallback, example, "toy").answer_seconds == pytest.approx(
+        0.3
+    )
+    with pytest.raises(DataError, match="malformed retrieval-branch record for 'q1'"):
+        RetrievalBranch.parse_record({"answer": "x"}, example, "toy")
+
+
+def test_closed_book_rows_of_a_fake_run_keep_their_layers(tmp_path, dataset) -> None:
+    records = ClosedBookBranch(KeyLM()).run(dataset, cache_dir=tmp_path, progress=False)
+    assert [r.id for r in records] == ["q1", "q2"]
+    header, _, _ = read_cache(closed_book_cache_path(KeyLM(), dataset, tmp_path))
+    assert header["layers"] == list(range(N_LAYERS))
