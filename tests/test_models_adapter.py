@@ -128,8 +128,8 @@ def test_config_accepts_an_adapter_directory_as_source(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_adapter_on_the_packaged_model(tmp_path: Path, smollm) -> None:
-    from knowgate.evaluation.closed_book import model_fingerprint
     from knowgate.models import LanguageModel
+    from knowgate.models.fingerprint import model_fingerprint
 
     directory = _save_adapter(smollm.model, tmp_path / "random-adapter", base="smollm2-135m")
     tuned = LanguageModel.load(ModelConfig(source=str(directory)))
@@ -139,7 +139,7 @@ def test_adapter_on_the_packaged_model(tmp_path: Path, smollm) -> None:
     base_logits = smollm.prefill([prompt]).next_logits
     tuned_logits = tuned.prefill([prompt]).next_logits
     assert not torch.allclose(base_logits, tuned_logits)
-    assert model_fingerprint(tuned) != model_fingerprint(smollm)
+    assert model_fingerprint(tuned) == f"{model_fingerprint(smollm)}+lora:{sha}"
     other = tmp_path / "mismatched"
     _save_adapter(_tiny_llama(hidden=32), other, base="smollm2-135m")
     with pytest.raises(ModelLoadError, match="does not fit base model 'smollm2-135m'"):

@@ -127,7 +127,8 @@ def taught(
     progress: bool = ProgressOpt,
 ) -> None:
     """Taught vs untaught facts: LoRA-teach fictional facts, then measure every signal."""
-    from knowgate.studies.taught import TaughtStudyConfig, run_taught_study
+    from knowgate.studies.taught import run_taught_study
+    from knowgate.studies.taught_config import TaughtStudyConfig
 
     with user_errors():
         data = {"seed": seed} | ({"entities_per_bucket": limit} if limit else {})

@@ -31,7 +31,7 @@ from knowgate.studies.statistics import (
 )
 
 if TYPE_CHECKING:
-    from knowgate.evaluation.closed_book import ClosedBookRecord
+    from knowgate.evaluation.branches.closed_book import ClosedBookRecord
     from knowgate.evaluation.datasets import QADataset
     from knowgate.models import LanguageModel
 
@@ -144,8 +144,8 @@ def run_study_dataset(
     """Answer ``dataset`` closed-book (cached, resumable) and load its signal arrays."""
     import torch
 
-    from knowgate.evaluation.answer_cache import load_arrays, load_cached_rows
-    from knowgate.evaluation.closed_book import (
+    from knowgate.evaluation.branches.cache import load_arrays, load_cached_rows
+    from knowgate.evaluation.branches.closed_book import (
         closed_book_cache_path,
         probe_layers,
         run_closed_book,

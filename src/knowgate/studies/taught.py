@@ -17,31 +17,19 @@ The study (``knowgate study taught``):
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import Field
-
 from knowgate.errors import ConfigError
-from knowgate.models.config import DEFAULT_MODEL
-from knowgate.schema import StrictModel
 from knowgate.studies.finetune import (
-    LoraTrainingConfig,
     TrainingReport,
     read_training_record,
     tokenize_items,
     train_adapter,
 )
-from knowgate.studies.taught_data import (
-    FictionalPerson,
-    TaughtDataConfig,
-    TrainingItem,
-    data_digest,
-    make_people,
-    training_items,
-)
+from knowgate.studies.taught_config import TaughtStudyConfig
+from knowgate.studies.taught_data import World, build_world
 
 if TYPE_CHECKING:
     from knowgate.models import LanguageModel
@@ -50,44 +38,6 @@ log = logging.getLogger(__name__)
 
 PACKAGED_ADAPTER_NAME = "smollm2-135m-taught"
 """The adapter committed with knowgate (SmolLM2-135M taught the default world, seed 0)."""
-
-
-class TaughtStudyConfig(StrictModel):
-    """Everything the taught-facts study depends on.
-
-    Attributes:
-        model: the base model (packaged name, hub id, local directory).
-        data: the fictional world and the exposure buckets.
-        training: LoRA fine-tuning settings and budget.
-        folds: cross-fitting folds of probes and feature-set comparisons.
-        n_boot: cluster-bootstrap resamples of every interval.
-        probe_c: inverse regularisation of the hidden-state probes.
-        base_control: also run the held-out questions through the base model.
-    """
-
-    model: str = DEFAULT_MODEL
-    data: TaughtDataConfig = TaughtDataConfig()
-    training: LoraTrainingConfig = LoraTrainingConfig()
-    folds: int = Field(default=5, ge=2)
-    n_boot: int = Field(default=1000, ge=0)
-    probe_c: float = Field(default=0.1, gt=0)
-    base_control: bool = True
-
-
-@dataclass(frozen=True)
-class World:
-    """The generated data of one study configuration."""
-
-    people: list[FictionalPerson]
-    items: list[TrainingItem]
-    digest: str
-
-
-def build_world(config: TaughtDataConfig) -> World:
-    """People, training text and their digest (rebuilt from the seed, never stored)."""
-    people = make_people(config)
-    items = training_items(people, config)
-    return World(people, items, data_digest(people, items))
 
 
 def packaged_adapter() -> Path:
@@ -172,18 +122,11 @@ DATASETS = {
 }
 """Evaluation files per phrasing (written to ``<out>/data/``)."""
 PASSAGES = "taught_passages.jsonl"
-COMPARISONS = {
-    "taught_vs_untaught": "taught (any exposure) vs never taught, held-out phrasings",
-    "known_vs_unknown": "answered correctly vs not, held-out phrasings",
-    "taught_wrong_vs_untaught": "taught but answered wrongly vs never taught (familiar, not known)",
-    "within_taught_known_vs_unknown": "among taught facts: answered correctly vs not",
-    "base_taught_vs_untaught": "the base model (never fine-tuned): taught vs untaught people",
-}
 
 
 def adapter_name(model: str) -> str:
     """Folder name of the adapter trained on ``model`` (part of the fine-tuned model's id)."""
-    from knowgate.evaluation.answer_cache import slug
+    from knowgate.evaluation.branches.cache import slug
 
     return f"{slug(model)}-taught"
 

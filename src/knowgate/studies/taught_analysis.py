@@ -22,7 +22,8 @@ from knowgate.studies.taught_data import ATTRIBUTE_NAMES
 if TYPE_CHECKING:
     from knowgate.evaluation.datasets import QADataset
     from knowgate.studies.analysis import StudyRun
-    from knowgate.studies.taught import TaughtStudyConfig, World
+    from knowgate.studies.taught_config import TaughtStudyConfig
+    from knowgate.studies.taught_data import World
 
 HELDOUT = ("heldout-0", "heldout-1")
 
@@ -335,7 +336,7 @@ def _suffix(d: dict[str, float]) -> dict[str, float]:
 
 
 def _comparison_docs() -> dict[str, str]:
-    from knowgate.studies.taught import COMPARISONS
+    from knowgate.studies.taught_config import COMPARISONS
 
     return dict(COMPARISONS)
 

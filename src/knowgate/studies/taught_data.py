@@ -446,3 +446,19 @@ def data_digest(people: Sequence[FictionalPerson], items: Sequence[TrainingItem]
         digest.update(text.encode())
         digest.update(b"\x00")
     return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class World:
+    """The generated data of one study configuration."""
+
+    people: list[FictionalPerson]
+    items: list[TrainingItem]
+    digest: str
+
+
+def build_world(config: TaughtDataConfig) -> World:
+    """People, training text and their digest (rebuilt from the seed, never stored)."""
+    people = make_people(config)
+    items = training_items(people, config)
+    return World(people, items, data_digest(people, items))
