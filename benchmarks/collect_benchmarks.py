@@ -31,6 +31,8 @@ SECTIONS = (
     ("retrieval.md", "Knowledge-base recall and latency (issue 3)"),
     ("policy.md", "Policy calibration (issue 4)"),
     ("ab.md", "A/B testing machinery (issue 7)"),
+    ("serving.md", "Serving under load (issue 15)"),
+    ("remote.md", "Served models: remote gating against local gating (issue 18)"),
 )
 
 INTRO = """# Benchmarks

@@ -96,3 +96,66 @@ def synthetic_records(
                 )
             )
     return closed, retrieval
+
+
+PROBE_LAYERS = (1, 5, 9)
+POSITIONS = ("prompt_end", "question_end", "question_mean")
+INFORMATIVE_SITE = ("hidden_state_layer5_at_question_end", 1, 1)  # name, layer index, position
+SPARSITY_ROWS = ("hidden_hoyer", "mlp_gini")
+SPARSITY_LAYERS = (0, 3, 6, 9)
+PROBE_DIM = 8
+SAMPLES = 5
+SAMPLE_SECONDS = 0.5
+REPORT_SECONDS = 0.05
+
+
+def with_arrays_and_peers(table, seed: int = 0):
+    """The table plus synthetic stored hidden states, per-layer sparsity and peer signals.
+
+    The latent knowledge value is recovered from the closed-book features' informative column
+    (``next_token_max_prob`` = latent + noise), so the added signals carry it by construction:
+
+    - hidden states: one direction of block 5 at ``question_end`` carries it; every other
+      (block, position) is noise;
+    - per-layer sparsity: ``hidden_hoyer`` at block 6 (index 2), ``question_end``, carries it;
+    - peers (every other question): ``sample_agreement`` carries it, ``sample_lexical_similarity``
+      weakly, ``self_report_p_yes`` is noise; each sampled question costs 0.5 s and the
+      self-report 0.05 s.
+    """
+    import dataclasses
+
+    from knowgate.evaluation.bench.table import PeerSignals
+    from knowgate.evaluation.branches.closed_book import ClosedBookArrays
+
+    rng = np.random.default_rng(seed)
+    n = table.n
+    signal = table.labelled.features[INFORMATIVE[0]]
+    hidden = rng.normal(size=(n, len(PROBE_LAYERS), len(POSITIONS), PROBE_DIM))
+    _, layer, position = INFORMATIVE_SITE
+    hidden[:, layer, position, :3] += signal[:, None] * np.array([2.0, -1.6, 1.2])
+    sparsity = rng.normal(size=(n, len(SPARSITY_ROWS), len(POSITIONS), len(SPARSITY_LAYERS)))
+    sparsity[:, 0, 1, 2] = signal + 0.3 * rng.normal(size=n)
+    arrays = ClosedBookArrays(
+        probe_hidden=hidden.astype(np.float16),
+        probe_layers=PROBE_LAYERS,
+        positions=POSITIONS,
+        sparsity_by_layer=sparsity.astype(np.float32),
+        sparsity_rows=SPARSITY_ROWS,
+        sparsity_layers=SPARSITY_LAYERS,
+    )
+    rows = np.arange(n) % 2 == 0
+    features = {
+        "sample_agreement": np.where(rows, expit(signal + 0.3 * rng.normal(size=n)), np.nan),
+        "sample_lexical_similarity": np.where(
+            rows, expit(0.3 * signal + rng.normal(size=n)), np.nan
+        ),
+        "self_report_p_yes": np.where(rows, rng.random(n), np.nan),
+    }
+    peers = PeerSignals(
+        rows=rows,
+        features=features,
+        sample_seconds=np.where(rows, SAMPLE_SECONDS, np.nan),
+        self_report_seconds=np.where(rows, REPORT_SECONDS, np.nan),
+        samples=SAMPLES,
+    )
+    return dataclasses.replace(table, arrays=arrays, peers=peers)

@@ -2,8 +2,9 @@
 
 40 PopQA questions (relations the 135M model sometimes knows, each with gold evidence in the
 Wikipedia corpus) and a knowledge base built from those questions' evidence passages. Checks
-that both branches are run and cached, that policies are scored, that a rerun uses only the
-caches, and that ``knowgate ab replay`` judges the shipped policy on the written cache.
+that both branches and the peers' extra calls are run and cached, that policies - the field's
+methods and the hidden-state probe included - are scored, that a rerun uses only the caches,
+and that ``knowgate ab replay`` judges the shipped policy on the written cache.
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ def test_bench_end_to_end_with_cache_reuse_and_replay(
         str(tmp_path / "closed_book"),
         "--retrieval-cache",
         str(tmp_path / "retrieval"),
+        "--peer-cache",
+        str(tmp_path / "peers"),
         "--no-progress",
     ]
     out = tmp_path / "out"
@@ -107,11 +110,48 @@ def test_bench_end_to_end_with_cache_reuse_and_replay(
     }
     fitted = [k for k, v in policies.items() if v["family"] in ("fused", "single")]
     assert "uncertainty+sparsity (prefill)" in fitted and len(fitted) > 40
+    # the field's methods and the probe, each at its own cost
+    from knowgate.evaluation.bench import policies as families
+
+    peers = {
+        families.TARG,
+        families.FLARE_FIXED,
+        families.FLARE_CUT,
+        families.SAMPLING,
+        families.SAMPLING_LEXICAL,
+        families.SELF_ROUTING_FIXED,
+        families.SELF_ROUTING_CUT,
+    }
+    assert peers <= set(policies) | set(summary["skipped_policies"])
+    assert {families.PROBE, families.SAMPLING, families.SELF_ROUTING_FIXED} <= set(policies)
+    sampling = policies[families.SAMPLING]
+    assert sampling["n"] == N_QUESTIONS and sampling["extra_seconds"] > 0
+    assert sampling["lm_calls_per_question"] == pytest.approx(6 + sampling["retrieval_rate"])
+    assert policies[families.SELF_ROUTING_FIXED]["lm_calls_per_question"] == pytest.approx(2)
+    assert policies[families.PROBE]["lm_calls_per_question"] == pytest.approx(
+        1 + policies[families.PROBE]["retrieval_rate"]
+    )
+    assert len(policies[families.PROBE]["choices_per_fold"]) == 3
+    field = summary["field_comparison"]
+    assert field["n"] == N_QUESTIONS and families.SAMPLING in field["rows"]
+    assert field["rows"]["always"]["lm_calls"] == 1
+    layers = summary["layers"]
+    assert layers["positions"] == ["prompt_end", "question_end", "question_mean"]
+    assert len(layers["sparsity_layers"]) == 30 and len(layers["probe_layers"]) == 10
+    assert summary["run"]["peers"] == {"popqa_bench40": N_QUESTIONS}
+    assert len(list((tmp_path / "peers").rglob("*.jsonl"))) == 1
     retiming = summary["run"]["closed_book_retiming"]["popqa_bench40"]
     assert retiming["questions"] == 8 and retiming["answers_agree"] >= 0.75
     assert retiming["signals_seconds"] > 0 and retiming["prefill_factor"] > 0
     assert "knowgate bench --model smollm2-135m" in summary["run"]["command"]
-    for name in ("summary.md", "curves.csv", "curves.png", "reliability.png"):
+    for name in (
+        "summary.md",
+        "curves.csv",
+        "curves.png",
+        "curves_field.png",
+        "layers.png",
+        "reliability.png",
+    ):
         assert (out / name).is_file()
     assert len((out / "both_branches.jsonl").read_text().splitlines()) == N_QUESTIONS
 
@@ -121,11 +161,13 @@ def test_bench_end_to_end_with_cache_reuse_and_replay(
 
     monkeypatch.setattr("knowgate.routing.router.Router.route_batch", refuse)
     monkeypatch.setattr(smollm, "run", refuse)
+    monkeypatch.setattr(smollm, "sample", refuse)
+    monkeypatch.setattr(smollm, "next_token_probability", refuse)
     again = tmp_path / "again"
     result = _bench([*common, "--out", str(again), "--timing-sample", "0"])
     assert result.exit_code == 0, result.output
     rerun = json.loads((again / "results.json").read_text())
-    for name in ("always", "never", "oracle", "uncertainty+sparsity (prefill)"):
+    for name in ("always", "never", "oracle", "uncertainty+sparsity (prefill)", families.SAMPLING):
         assert rerun["policies"][name]["accuracy"] == policies[name]["accuracy"]
         assert rerun["policies"][name]["retrieval_rate"] == policies[name]["retrieval_rate"]
 

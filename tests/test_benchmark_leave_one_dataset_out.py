@@ -71,7 +71,7 @@ def test_unseen_decisions_are_the_left_out_fit_applied_to_the_dataset(run, table
     x = table.labelled.matrix(list(recipe.features))
     for (_, fit), (name, entry) in zip(fitter.calls, result.datasets.items(), strict=True):
         rows = table.datasets == name
-        p = fit.policy.p_known_matrix(x[rows])
+        p = fit.p_known(x[rows])
         retrieve = (p < fit.threshold) | (fit.threshold >= 1.0)
         served = np.where(retrieve, table.rag_correct[rows], table.cb_correct[rows])
         assert entry.unseen.n == rows.sum()

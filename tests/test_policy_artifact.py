@@ -90,7 +90,7 @@ def test_fused_artifact_is_human_readable(tmp_path, fused):
     path = tmp_path / "policy.json"
     fused.save(path)
     data = json.loads(path.read_text())
-    assert data["format"] == "knowgate-policy" and data["format_version"] == 1
+    assert data["format"] == "knowgate-policy" and data["format_version"] == 2
     assert data["model_id"] == "smollm2-135m"
     assert data["prompt_config"] == {"style": "chat"}
     assert data["required_features"] == NAMES
@@ -128,7 +128,7 @@ def _mutations():
         return apply
 
     return {
-        "unknown version": (setter(["format_version"], 2), "unsupported policy format_version 2"),
+        "unknown version": (setter(["format_version"], 3), "unsupported policy format_version 3"),
         "version type": (setter(["format_version"], "1"), "format_version must be an integer"),
         "not a policy": (setter(["format"], "something"), "not a knowgate policy"),
         "unknown policy": (setter(["policy"], "magic"), "unknown policy 'magic'"),

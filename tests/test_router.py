@@ -326,3 +326,75 @@ def test_trace_to_dict_shape(smollm, kb) -> None:
     assert set(data["decision"]) == {"retrieve", "p_known", "threshold", "policy", "mode", "reason"}
     assert set(data["passages"][0]) == {"id", "title", "score", "rank"}
     assert set(data["calls"]) == {"lm", "retriever"}
+
+
+def _probe_policy(lm, vector: str):
+    import numpy as np
+
+    from knowgate.policy import ProbePolicy, VectorScorer, fit_calibrator
+
+    d = int(lm.model.config.hidden_size)
+    coefficients = np.random.default_rng(0).normal(size=d) / np.sqrt(d)
+    probe = VectorScorer(
+        vector=vector,
+        scaler_mean=(0.0,) * d,
+        scaler_scale=(1.0,) * d,
+        coefficients=tuple(coefficients),
+        intercept=0.0,
+    )
+    calibrator = fit_calibrator("none", [0.0, 1.0], [0, 1])
+    return ProbePolicy(probe, calibrator, threshold=0.5, model_id=lm.model_id), coefficients
+
+
+def test_a_probe_routes_with_its_vector_computed_and_kept_out_of_the_trace(smollm, kb) -> None:
+    import json
+
+    import numpy as np
+    from scipy.special import expit
+
+    vector = "hidden_state_layer14_at_question_end"
+    policy, coefficients = _probe_policy(smollm, vector)
+    router = Router(smollm, policy, kb)
+    routed = router.route(QUESTIONS[1])
+    # independently: the question-located prefill, block 14's state at the question's end
+    pre = smollm.prefill([smollm.format_prompt(QUESTIONS[1])], questions=[QUESTIONS[1]])
+    state = pre.captures[0].at("question_end").hidden[smollm.layers.index(14)]
+    smollm.decode(pre, rows=[])
+    expected = float(expit(state.astype(np.float64) @ coefficients))
+    assert routed.decision.p_known == pytest.approx(expected, rel=1e-4)
+    assert routed.decision.retrieve == (expected < 0.5)
+    assert routed.calls["lm"] == 1 + int(routed.decision.retrieve)
+    # the vector never reaches the trace: only the configured scalar features do
+    assert vector not in routed.features
+    assert all(isinstance(v, float) for v in routed.features.values())
+    assert len(json.dumps(routed.to_dict())) < 20_000
+    gated = router.gate(QUESTIONS[1])
+    assert gated.decision.p_known == pytest.approx(expected, rel=1e-4)
+    assert vector not in gated.features
+
+
+def test_signals_section_decides_what_every_request_computes(smollm, kb) -> None:
+    config = RouterConfig(signals={"question": True, "sparsity_metrics": ["hoyer"]})
+    router = Router(smollm, build_policy("never"), kb, config=config)
+    routed = router.route_batch(
+        [QUESTIONS[0]],
+        policy=build_policy(
+            "threshold", feature="next_token_max_prob", direction="higher_is_known", value=0.0
+        ),
+    )[0]
+    assert routed.features["question_wh_what"] == 1.0
+    assert {n for n in routed.features if n.startswith(("hidden_", "mlp_"))} == {
+        f"{site}_hoyer_{agg}" for site in ("hidden", "mlp") for agg in ("last", "mid", "mean")
+    }
+
+
+def test_policies_that_need_extra_model_calls_are_refused(smollm, kb) -> None:
+    for name in ("sampling-consistency", "self-routing"):
+        with pytest.raises(ConfigError, match="extra model calls"):
+            Router(smollm, build_policy(name), kb)
+    targ = build_policy("targ", value=1.0, model_id=smollm.model_id)
+    with pytest.raises(ConfigError, match="draft"):
+        Router(smollm, targ, kb)
+    drafted = Router(smollm, targ, kb, config=RouterConfig(gate={"mode": "draft"}))
+    routed = drafted.route(QUESTIONS[0])
+    assert "draft_mean_logit_margin" in routed.features

@@ -14,6 +14,7 @@ from knowgate.signals import (
     SignalConfig,
     TokenStats,
     compute_features,
+    draft_features,
     feature_names,
     feature_specs,
     uncertainty,
@@ -226,3 +227,13 @@ def test_sparsity_by_layer_table() -> None:
     # one-hot rows at question_end: Hoyer 1 on every layer
     np.testing.assert_allclose(table[names.index("mlp_hoyer"), 1], [1.0, 1.0, 1.0])
     assert "mlp_near_zero_fraction" in names and "hidden_near_zero_fraction" not in names
+
+
+def test_draft_features_of_a_local_draft_are_the_local_draft_names() -> None:
+    # A local draft keeps full distributions: it gets every local draft feature and none of the
+    # top-k ones a served model's draft provides (those read a server's top-k lists).
+    out = draft_features(stats([0.5, 1.0], [0.9, 0.6], [0.85, 0.3], [3.0, 1.0]))
+    local = set(feature_names(stage="draft", family="uncertainty"))
+    assert set(out) == local
+    assert not any("topk" in name for name in out)
+    assert out["draft_min_prob"] == pytest.approx(0.6)

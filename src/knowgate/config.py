@@ -16,6 +16,7 @@ from knowgate.errors import InputError
 from knowgate.models.config import ModelConfig
 from knowgate.policy.spec import PolicySpec
 from knowgate.schema import StrictModel, load_yaml
+from knowgate.signals import SignalConfig
 
 GateMode = Literal["pre", "draft"]
 
@@ -28,6 +29,7 @@ __all__ = [
     "PolicySpec",
     "RetrievalConfig",
     "RouterConfig",
+    "SignalConfig",
     "load_config",
 ]
 
@@ -130,10 +132,16 @@ class ExperimentSpec(StrictModel):
 
 
 class RouterConfig(StrictModel):
-    """Everything a :class:`~knowgate.Router` is made of."""
+    """Everything a :class:`~knowgate.Router` is made of.
+
+    ``signals`` says which signals the router computes for every request (and shows in its
+    traces); it computes, in addition, whatever its policy reads (see
+    :meth:`~knowgate.signals.SignalConfig.covering`).
+    """
 
     model: ModelConfig = ModelConfig()
     policy: PolicySpec = PolicySpec()
+    signals: SignalConfig = SignalConfig()
     gate: GateConfig = GateConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
     limits: LimitsConfig = LimitsConfig()

@@ -34,6 +34,19 @@ class UnsupportedArchitectureError(ModelLoadError):
     """The model's decoder blocks or MLP projections could not be located."""
 
 
+class RemoteModelError(KnowgateError):
+    """A model server could not be used: unreachable, refusing, or answering unusably."""
+
+
+class RemoteUnavailableError(RemoteModelError):
+    """A model server is down, timed out, or kept refusing (rate limits, overload)."""
+
+
+class RemoteResponseError(RemoteModelError):
+    """A model server rejected a request or answered with something knowgate cannot use
+    (malformed JSON, no logprobs, a missing model)."""  # noqa: D205, D209
+
+
 class SignalError(KnowgateError, ValueError):
     """A signal cannot be computed (non-finite or degenerate input)."""
 

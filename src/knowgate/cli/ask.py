@@ -45,8 +45,9 @@ def build_config(
     from knowgate.config import RouterConfig, load_config
 
     base = load_config(config_file).model_dump()
-    if model is not None:
+    if model is not None and model != base["model"]["source"]:
         base["model"]["source"] = model
+        base["model"]["remote"] = None  # a new source replaces a served model's section
     if kb is not None:
         base["retrieval"]["knowledge_base"] = kb
     if k is not None:

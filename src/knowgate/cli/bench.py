@@ -11,6 +11,7 @@ import typer
 
 from knowgate.cli.app import app
 from knowgate.cli.common import (
+    MODEL_HELP,
     check_calibration,
     console,
     dataset_names,
@@ -20,14 +21,14 @@ from knowgate.cli.common import (
 from knowgate.models.config import DEFAULT_MODEL
 
 
-def _parse_samples(specs: list[str]) -> dict[str, int]:
+def _parse_samples(specs: list[str], option: str = "--sample") -> dict[str, int]:
     from knowgate.errors import ConfigError
 
     out: dict[str, int] = {}
     for spec in specs:
         name, sep, size = spec.partition("=")
         if not sep or not name.strip() or not size.strip().isdigit() or int(size) < 1:
-            raise ConfigError(f"--sample {spec!r}: expected NAME=N with N >= 1 (squad_dev=1000)")
+            raise ConfigError(f"{option} {spec!r}: expected NAME=N with N >= 1 (squad_dev=1000)")
         out[name.strip()] = int(size)
     return out
 
@@ -50,9 +51,7 @@ def _machine() -> dict[str, Any]:
 
 @app.command()
 def bench(
-    model: str = typer.Option(
-        DEFAULT_MODEL, "--model", "-m", help="Packaged name, hub id, local dir or .gguf file."
-    ),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help=MODEL_HELP),
     data: list[str] = typer.Option(
         ...,
         "--data",
@@ -91,6 +90,21 @@ def bench(
     retrieval_cache: Path | None = typer.Option(
         None, "--retrieval-cache", help="Retrieval-branch cache root (default runs/retrieval)."
     ),
+    peers: bool = typer.Option(
+        True,
+        "--peers/--no-peers",
+        help="Also run the peers branch (K=5 sampled answers and the self-report prompt per "
+        "question) and score sampling consistency and self-routing.",
+    ),
+    peer_sample: list[str] = typer.Option(
+        [],
+        "--peer-sample",
+        help="NAME=N: run the peers branch on a seeded sample of N questions of that dataset "
+        "(seed --sample-seed).",
+    ),
+    peer_cache: Path | None = typer.Option(
+        None, "--peer-cache", help="Peers-branch cache root (default runs/peers)."
+    ),
     data_dir: Path | None = typer.Option(
         None, "--data-dir", help="Root of the shared data for bare names ($KNOWGATE_DATA_DIR)."
     ),
@@ -117,6 +131,8 @@ def bench(
     """Answer every question closed-book and with retrieval (both cached), then score policies."""
     from datetime import UTC, datetime
 
+    import numpy as np
+
     from knowgate.config import RetrievalConfig
     from knowgate.errors import ConfigError, DataError
     from knowgate.evaluation.bench.report import write_report
@@ -131,6 +147,7 @@ def bench(
     with user_errors():
         check_calibration(calibration)
         samples = _parse_samples(sample)
+        peer_samples = _parse_samples(peer_sample, "--peer-sample")
         names = dataset_names(data)
         datasets = []
         for name in names:
@@ -140,6 +157,11 @@ def bench(
             datasets.append(ds)
         if samples:
             raise DataError(f"--sample names datasets not in --data: {', '.join(samples)}")
+        unknown = sorted(set(peer_samples) - {ds.name for ds in datasets})
+        if unknown:
+            raise DataError(f"--peer-sample names datasets not in --data: {', '.join(unknown)}")
+        if peer_samples and not peers:
+            raise ConfigError("--peer-sample needs the peers branch (drop --no-peers)")
         if out.exists() and not out.is_dir():
             raise ConfigError(f"--out {out} exists and is not a directory")
         started = time.perf_counter()
@@ -155,6 +177,10 @@ def bench(
             retrieval_cache=retrieval_cache,
             batch_size=batch_size,
             timing_sample=timing_sample,
+            peers=peers,
+            peer_sample=peer_samples,
+            peer_seed=sample_seed,
+            peer_cache=peer_cache,
             progress=progress,
         )
         written = write_both_branches(table.to_records(), out)
@@ -176,7 +202,11 @@ def bench(
         command += ["--kb", str(kb), "--out", str(out), "--folds", str(folds)]
         command += ["--limit", str(limit)] if limit else []
         command += [a for s in sample for a in ("--sample", s)]
-        command += ["--sample-seed", str(sample_seed)] if sample and sample_seed else []
+        command += [] if peers else ["--no-peers"]
+        command += [a for s in peer_sample for a in ("--peer-sample", s)]
+        command += (
+            ["--sample-seed", str(sample_seed)] if (sample or peer_sample) and sample_seed else []
+        )
         command += ["--seed", str(seed)] if seed else []
         command += ["--k", str(k)] if k else []
         command += ["--calibration", calibration] if calibration != "sigmoid" else []
@@ -201,6 +231,14 @@ def bench(
                 "evaluation": round(time.perf_counter() - started - branches_seconds, 1),
             },
             both_branches=[str(p) for p in written],
+            peers=None
+            if table.peers is None
+            else {
+                str(d): int(n)
+                for d, n in zip(
+                    *np.unique(table.datasets[table.peers.rows], return_counts=True), strict=True
+                )
+            },
         )
         write_report(result, out)
     t = result.summary.targets

@@ -9,6 +9,7 @@ import typer
 
 from knowgate.cli.app import app
 from knowgate.cli.common import (
+    MODEL_HELP,
     check_calibration,
     console,
     dataset_names,
@@ -20,9 +21,7 @@ from knowgate.models.config import DEFAULT_MODEL
 
 @app.command()
 def calibrate(
-    model: str = typer.Option(
-        DEFAULT_MODEL, "--model", "-m", help="Packaged name, hub id, local dir or .gguf file."
-    ),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help=MODEL_HELP),
     data: list[str] = typer.Option(
         ...,
         "--data",
@@ -32,12 +31,25 @@ def calibrate(
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the policy JSON."),
     features: list[str] = typer.Option(
-        ["prefill"],
+        [],
         "--features",
         "-f",
         help="Feature names or groups (prefill, draft, sparsity, uncertainty, question, model, "
         "all); repeat or comma-separate. Default: prefill = every model signal available "
-        "before generation.",
+        "before generation; for a served model, model = every signal its draft gives.",
+    ),
+    policy_kind: str = typer.Option(
+        "fused",
+        "--policy",
+        help="fused: calibrated logistic regression on --features; probe: on one hidden-state "
+        "vector (layer and position chosen by inner CV; needs the closed-book cache's stored "
+        "hidden states); probe-fused: the probe stacked with --features.",
+    ),
+    select: bool = typer.Option(
+        True,
+        "--select/--no-select",
+        help="Choose feature group (or one feature) and regularisation by inner CV on the "
+        "calibration data, as the benchmark scores it (--no-select: every feature, C=1).",
     ),
     calibration: str = typer.Option(
         "isotonic", "--calibration", help="isotonic | sigmoid | temperature | none"
@@ -68,17 +80,37 @@ def calibrate(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Run the data closed-book (cached), cross-validate the signals, fit and save a policy."""
-    from knowgate.evaluation.branches.closed_book import run_closed_book
+    import numpy as np
+
+    from knowgate.errors import ConfigError
+    from knowgate.evaluation.branches.closed_book import (
+        ClosedBookArrays,
+        closed_book_arrays,
+        run_closed_book,
+    )
     from knowgate.evaluation.calibration.report import write_report
-    from knowgate.evaluation.calibration.study import run_study
+    from knowgate.evaluation.calibration.study import fused_set_result, run_study
+    from knowgate.evaluation.cross_fitting import cross_fit, outer_splits
     from knowgate.evaluation.datasets import load_dataset
     from knowgate.evaluation.labelled import build_table, resolve_features
     from knowgate.evaluation.reporting import fmt, to_jsonable
-    from knowgate.policy import fit_fused, parse_operating_point
+    from knowgate.models import RemoteModel
+    from knowgate.policy import (
+        FeatureGroups,
+        HiddenStateProbe,
+        Logistic,
+        Recipe,
+        StackedProbe,
+        fit_policy,
+        parse_operating_point,
+    )
+    from knowgate.signals import vector_signal_name
 
     with user_errors():
         check_calibration(calibration)
         op = parse_operating_point(operating_point)
+        if policy_kind not in ("fused", "probe", "probe-fused"):
+            raise ConfigError(f"--policy must be fused, probe or probe-fused, not {policy_kind!r}")
         names = dataset_names(data)
         datasets = [load_dataset(n, limit=limit, data_dir=data_dir) for n in names]
         started = time.perf_counter()
@@ -90,8 +122,16 @@ def calibrate(
                     lm, ds, cache_dir=cache_dir, batch_size=batch_size, progress=progress
                 )
             )
+        if policy_kind != "fused" and isinstance(lm, RemoteModel):
+            raise ConfigError(
+                f"--policy {policy_kind} reads hidden states a served model does not return; "
+                "use --policy fused"
+            )
         table = build_table(records)
+        if not features:  # a served model gates on its draft: every draft signal is free
+            features = ["model"] if isinstance(lm, RemoteModel) else ["prefill"]
         selected = resolve_features(table, features)
+        fused_recipe: Recipe = FeatureGroups() if select else Logistic()
         result = run_study(
             table,
             selected,
@@ -100,8 +140,38 @@ def calibrate(
             seed=seed,
             bootstrap_resamples=bootstrap,
             progress=progress,
+            learner=fused_recipe,
         )
         sel = result.summary.selected
+        x, columns, recipe = table.matrix(selected), list(selected), fused_recipe
+        if policy_kind != "fused":
+            arrays = ClosedBookArrays.concatenate(
+                closed_book_arrays(lm, ds, cache_dir) for ds in datasets
+            )
+            sites = [
+                vector_signal_name(layer, position)
+                for layer in arrays.probe_layers
+                for position in arrays.positions
+            ]
+            hidden = arrays.probe_hidden.reshape(len(table.y), -1)
+            if policy_kind == "probe":
+                x, columns, recipe = hidden, sites, HiddenStateProbe()
+            else:
+                x = np.concatenate([hidden.astype(np.float32), x.astype(np.float32)], axis=1)
+                columns, recipe = [*sites, *selected], StackedProbe()
+            cf = cross_fit(
+                x,
+                table.y,
+                table.groups,
+                columns,
+                outer_splits(table.y, table.groups, folds=folds, seed=seed),
+                calibration=calibration,
+                inner_folds=folds,
+                seed=seed,
+                learner=recipe,
+            )
+            sel = fused_set_result(table, columns, cf, n_boot=bootstrap, seed=seed)
+            result.summary.fused[policy_kind] = sel
         generation = lm.config.generation
         prompt_config = {
             "prompt": lm.config.prompt.model_dump(mode="json"),
@@ -115,6 +185,8 @@ def calibrate(
                 "model": model,
                 "data": names,
                 "features": list(features),
+                "policy": policy_kind,
+                "select": select,
                 "calibration": calibration,
                 "operating_point": operating_point,
                 "limit": limit,
@@ -129,10 +201,11 @@ def calibrate(
                 result.summary.best_single_selected_feature
             ),
         }
-        fitted = fit_fused(
-            table.matrix(selected),
+        fitted = fit_policy(
+            x,
             table.y,
-            selected,
+            columns,
+            recipe=recipe,
             calibration=calibration,
             operating_point=op,
             groups=table.groups,
@@ -162,7 +235,10 @@ def calibrate(
     console.print(
         f"[bold]{fitted.policy.policy_id}[/] -> {out}\n"
         f"  {len(table.y)} questions, closed-book accuracy {table.y.mean():.3f}; "
-        f"{len(selected)} features; held-out AUROC {fmt(sel.auroc)} "
+        f"{policy_kind} on {len(fitted.policy.required_features)} features"
+        + (f" and {fitted.policy.required_vectors[0]}" if fitted.policy.required_vectors else "")
+        + (f" (chosen: {fitted.choice.label})" if fitted.choice else "")
+        + f"; held-out AUROC {fmt(sel.auroc)} "
         f"(best single selected feature: {best_text}), "
         f"ECE {fmt(sel.ece_before)} -> {fmt(sel.ece_after)} ({calibration})\n"
         f"  threshold {fitted.policy.threshold:.4f} ({operating_point}): retrieves "

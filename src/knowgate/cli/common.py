@@ -14,7 +14,7 @@ from rich.console import Console
 from knowgate.errors import KnowgateError
 
 if TYPE_CHECKING:
-    from knowgate.models import LanguageModel
+    from knowgate.models import LanguageModel, RemoteModel
 
 console = Console(stderr=True)
 T = TypeVar("T")
@@ -41,13 +41,35 @@ def with_status(message: str, fn: Callable[[], T]) -> T:
         return fn()
 
 
-def load_language_model(source: str) -> LanguageModel:
-    """Load a model, showing a spinner (the first load of a GGUF model dequantizes it)."""
-    from knowgate.models import LanguageModel
+MODEL_HELP = (
+    "Packaged name, hub id, local dir, .gguf file, a served model openai:<base_url>#<name>, or "
+    "a router YAML config (its model section: a served model's remote settings, prompts)."
+)
 
+
+def load_language_model(source: str) -> LanguageModel | RemoteModel:
+    """Load a model, showing a spinner (the first load of a GGUF model dequantizes it).
+
+    ``source`` is a model source, or a router YAML config whose ``model`` section is used. A
+    served model (``openai:<base_url>#<model>`` or a ``model.remote`` section) loads nothing:
+    its server is asked for its ``/models`` entry, so a wrong URL or name fails here.
+    """
+    from pathlib import Path
+
+    from knowgate.config import load_config
+    from knowgate.models import LanguageModel, ModelConfig, RemoteModel
+
+    if source.endswith((".yaml", ".yml")) and Path(source).is_file():
+        config = load_config(source).model
+    else:
+        config = ModelConfig(source=source)
+    if config.remote is not None:
+        remote = RemoteModel(config)
+        with_status(f"contacting {config.source}...", remote.identity)
+        return remote
     return with_status(
-        f"loading {source} (first load dequantizes and caches it)...",
-        lambda: LanguageModel.load(source),
+        f"loading {config.source} (first load dequantizes and caches it)...",
+        lambda: LanguageModel.load(config),
     )
 
 

@@ -16,54 +16,54 @@ rows' calibrated out-of-fold p(known) - where an operating rule chooses its cut,
 reads a probability from a model that saw the row - and the held-out rows' p(known), where the
 cut is applied.
 
-The learner is pluggable (:data:`Learner`): a standardised logistic regression by default
-(:func:`logistic_learner`, the shipped policies' scorer); a probe on hidden states or any other
-score model plugs in by returning an object with ``logits(x)``.
+The learner is pluggable: a plain :data:`Learner` (a function returning an object with
+``logits(x)``; a standardised logistic regression by default, :func:`logistic_learner`) or a
+:class:`~knowgate.policy.selection.Recipe`, which chooses its inputs and regularisation by
+inner cross-validation on the training rows (feature groups and ``C`` for fused policies; the
+layer, position and ``C`` of a hidden-state probe). A recipe's choice is made in step 1 on the
+same inner folds that give the out-of-fold logits, and kept per outer fold
+(:attr:`FoldFit.choice`). ``knowgate calibrate`` fits the same recipes on all its rows
+(:func:`knowgate.policy.fit_policy`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 from scipy.special import expit
 
 from knowgate.errors import PolicyError
+from knowgate.evaluation.metrics import column_aurocs
 from knowgate.policy.calibration import Calibrator, fit_calibrator
-from knowgate.policy.fitting import Splits, fit_scorer, make_splits
+from knowgate.policy.linear import Splits, fit_scorer, make_splits
+from knowgate.policy.selection import Choice, Recipe, ScoreModel, as_recipe
 
 __all__ = [
     "CrossFit",
     "FoldFit",
+    "FoldModel",
     "Learner",
+    "Recipe",
     "ScoreModel",
     "Splits",
     "cross_fit",
     "fit_fold",
+    "held_out_signed",
     "inner_splits",
     "logistic_learner",
     "outer_splits",
 ]
 
 
-class ScoreModel(Protocol):
-    """A fitted scorer: higher logits = more likely known."""
-
-    def logits(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
-        """Raw scores of the rows of ``x``."""
-        ...
-
-
-Learner = Callable[[NDArray[np.float64], NDArray[np.int64], Sequence[str]], ScoreModel]
+Learner = Callable[[NDArray[Any], NDArray[np.int64], Sequence[str]], ScoreModel]
 """Fits a :class:`ScoreModel` on ``(x, y, feature names)``."""
 
 
-def logistic_learner(
-    x: NDArray[np.float64], y: NDArray[np.int64], names: Sequence[str]
-) -> ScoreModel:
+def logistic_learner(x: NDArray[Any], y: NDArray[np.int64], names: Sequence[str]) -> ScoreModel:
     """Standardise + L2 logistic regression (C = 1): the shipped fused policies' scorer."""
     return fit_scorer(x, y, names)
 
@@ -116,6 +116,7 @@ class FoldFit:
         p_test: calibrated p(known) of the held-out rows.
         model: the learner fitted on all training rows.
         calibrator: the calibrator fitted on the training rows' out-of-fold logits.
+        choice: what a recipe chose on the training rows (``None`` for plain learners).
     """
 
     train: NDArray[np.int64]
@@ -124,6 +125,7 @@ class FoldFit:
     p_test: NDArray[np.float64]
     model: ScoreModel
     calibrator: Calibrator
+    choice: Choice | None = None
 
 
 @dataclass(frozen=True)
@@ -144,38 +146,50 @@ class CrossFit:
     folds: tuple[FoldFit, ...]
 
 
+@dataclass(frozen=True)
+class FoldModel:
+    """A learner or recipe fitted on one set of training rows, and calibrated.
+
+    Attributes:
+        model: fitted on all the training rows.
+        calibrator: fitted on their out-of-fold logits.
+        p_train: their calibrated out-of-fold p(known).
+        choice: what a recipe chose (``None`` for plain learners).
+    """
+
+    model: ScoreModel
+    calibrator: Calibrator
+    p_train: NDArray[np.float64]
+    choice: Choice | None
+
+
 def fit_fold(
-    x: NDArray[np.float64],
+    x: NDArray[Any],
     y: NDArray[np.int64],
     names: Sequence[str],
     inner: Splits,
     *,
     calibration: str,
-    learner: Learner = logistic_learner,
-) -> tuple[ScoreModel, Calibrator, NDArray[np.float64]]:
+    learner: Learner | Recipe = logistic_learner,
+) -> FoldModel:
     """Fit on one set of training rows, with given inner splits (indices into those rows).
-
-    Returns:
-        ``(model fitted on all rows, calibrator, calibrated out-of-fold p(known) per row)``.
 
     Raises:
         PolicyError: an inner training part lacks a class, or the learner fails.
     """
-    oof = np.full(y.size, np.nan)
     try:
-        for train, test in inner:
-            oof[test] = learner(x[train], y[train], names).logits(x[test])
-        if not np.all(np.isfinite(oof)):
+        fitted = as_recipe(learner).fit(x, y, names, inner)
+        if not np.all(np.isfinite(fitted.oof_logits)):
             raise PolicyError("the inner splits do not cover every training row once")
-        calibrator = fit_calibrator(calibration, oof, y)
-        model = learner(x, y, names)
+        calibrator = fit_calibrator(calibration, fitted.oof_logits, y)
     except ValueError as exc:  # scikit-learn: a class missing from an inner fold, etc.
         raise PolicyError(f"cannot fit on this fold: {exc}") from exc
-    return model, calibrator, np.clip(calibrator.apply(oof), 0.0, 1.0)
+    p_train = np.clip(calibrator.apply(fitted.oof_logits), 0.0, 1.0)
+    return FoldModel(fitted.model, calibrator, p_train, fitted.choice)
 
 
 def cross_fit(
-    x: NDArray[np.float64],
+    x: NDArray[Any],
     y: NDArray[np.int64],
     groups: NDArray[np.str_] | None,
     names: Sequence[str],
@@ -186,7 +200,7 @@ def cross_fit(
     inner_folds: int = 5,
     seed: int = 0,
     shared_inner: Sequence[Splits] | None = None,
-    learner: Learner = logistic_learner,
+    learner: Learner | Recipe = logistic_learner,
 ) -> CrossFit:
     """Fit on each outer fold's training rows, predict its held-out rows.
 
@@ -203,7 +217,8 @@ def cross_fit(
         seed: inner split seed.
         shared_inner: precomputed inner splits per outer fold (:func:`inner_splits`), used
             only when the policy is defined on every row.
-        learner: the score model's fitting function.
+        learner: the score model's fitting function, or a recipe that also chooses its
+            inputs by inner cross-validation on each outer fold's training rows.
 
     Raises:
         PolicyError: non-finite features, or a training fold with fewer than 2 correct or 2 wrong
@@ -213,8 +228,12 @@ def cross_fit(
     where = np.ones(n, dtype=bool) if rows is None else np.asarray(rows, dtype=bool)
     if x.shape[0] != n or where.shape != (n,):
         raise PolicyError(f"{x.shape[0]} feature rows, {n} labels, {where.size} row flags")
-    if not np.all(np.isfinite(x[where])):
-        bad = [nm for j, nm in enumerate(names) if not np.all(np.isfinite(x[where, j]))]
+    finite_rows = np.isfinite(x).all(axis=1)  # no copy of x (hidden states are large)
+    if not finite_rows[where].all():
+        if x.shape[1] == len(names):
+            bad = [nm for j, nm in enumerate(names) if not np.all(np.isfinite(x[where, j]))]
+        else:
+            bad = list(names)
         raise PolicyError(f"feature(s) {bad} have NaN or inf values")
     use_shared = shared_inner is not None and bool(where.all())
     score = np.full(n, np.nan)
@@ -233,13 +252,52 @@ def cross_fit(
                 n_splits=inner_folds,
                 seed=seed,
             )
-        model, calibrator, p_train = fit_fold(
+        fitted = fit_fold(
             x[train], y[train], names, inner, calibration=calibration, learner=learner
         )
         if test.size:
-            logits = model.logits(x[test])
+            logits = fitted.model.logits(x[test])
             score[test] = expit(logits)
-            p_known[test] = np.clip(calibrator.apply(logits), 0.0, 1.0)
+            p_known[test] = np.clip(fitted.calibrator.apply(logits), 0.0, 1.0)
             fold_of[test] = i
-        folds.append(FoldFit(train, test, p_train, p_known[test].copy(), model, calibrator))
+        folds.append(
+            FoldFit(
+                train,
+                test,
+                fitted.p_train,
+                p_known[test].copy(),
+                fitted.model,
+                fitted.calibrator,
+                fitted.choice,
+            )
+        )
     return CrossFit(score, p_known, fold_of, tuple(folds))
+
+
+def held_out_signed(
+    x: NDArray[Any],
+    y: NDArray[np.int64],
+    splits: Splits,
+    *,
+    rows: NDArray[np.bool_] | None = None,
+) -> NDArray[np.float64]:
+    """Raw signals turned into held-out scores: each fold's direction from its training rows.
+
+    The cross-fit of a one-signal threshold (the direction is all there is to fit): for every
+    column of ``x``, each outer fold chooses the sign (higher or lower = known) by AUROC on its
+    training rows and applies it to its held-out rows.
+
+    Returns:
+        ``x`` (``[n, k]``, or ``[n]``) with each held-out row signed by its fold's directions;
+        NaN outside ``rows``.
+    """
+    flat = np.asarray(x, dtype=np.float64)
+    one = flat.ndim == 1
+    flat = flat[:, None] if one else flat
+    where = np.ones(y.size, dtype=bool) if rows is None else np.asarray(rows, dtype=bool)
+    out = np.full(flat.shape, np.nan)
+    for train_all, test_all in splits:
+        train, test = train_all[where[train_all]], test_all[where[test_all]]
+        direction = np.where(column_aurocs(y[train], flat[train]) < 0.5, -1.0, 1.0)
+        out[test] = flat[test] * direction
+    return out[:, 0] if one else out

@@ -62,6 +62,13 @@ def build_table(records: Sequence[ClosedBookRecord]) -> LabelledTable:
     cols: dict[str, list[float]] = {n: [] for n in model_names}
     cols.update({n: [] for n in QUESTION_FEATURES})
     for rec in records:
+        if not rec.features:
+            raise DataError(
+                f"record {rec.id} of {rec.dataset} has no model features: a served model's draft "
+                "that ended at once (the server scored no token) gives none, so the question "
+                "cannot be fitted on; drop it from the data (the router retrieves for such a "
+                "query)"
+            )
         if sorted(rec.features) != model_names:
             raise DataError(
                 f"record {rec.id} of {rec.dataset} has a different feature set; were the "

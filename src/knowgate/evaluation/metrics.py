@@ -55,6 +55,23 @@ def auroc(y: ArrayLike, score: ArrayLike) -> float:
     return float((ranks[ya == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def column_aurocs(y: ArrayLike, x: ArrayLike) -> NDArray[np.float64]:
+    """AUROC of every column of ``x`` at once (the Mann-Whitney identity of :func:`auroc`).
+
+    NaN for every column when only one class is present.
+    """
+    ya = np.asarray(y).ravel().astype(np.int64)
+    xa = np.asarray(x, dtype=np.float64)
+    if xa.ndim != 2 or xa.shape[0] != ya.size:
+        raise InputError(f"expected [{ya.size}, k] scores, got {xa.shape}")
+    n_pos = int(ya.sum())
+    n_neg = int(ya.size - n_pos)
+    if not n_pos or not n_neg:
+        return np.full(xa.shape[1], np.nan)
+    ranks = rankdata(xa, axis=0)
+    return np.asarray((ranks[ya == 1].sum(axis=0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
 def auroc_with_direction(y: ArrayLike, values: ArrayLike) -> tuple[float, Direction]:
     """AUROC of a raw feature in its better direction, and that direction."""
     raw = auroc(y, values)

@@ -23,7 +23,14 @@ from knowgate.experiments.decision_log import DecisionLog
 from knowgate.experiments.experiment import Experiment
 from knowgate.models import LanguageModel
 from knowgate.policy import Policy
-from knowgate.routing import AnswerGenerator, GateResult, QueryRouter, RoutedAnswer, Router
+from knowgate.routing import (
+    AnswerGenerator,
+    GateResult,
+    QueryRouter,
+    RoutedAnswer,
+    Router,
+    TextSink,
+)
 
 
 class ExperimentRouter:
@@ -132,6 +139,9 @@ class ExperimentRouter:
         threshold: float | None = None,
         metadata: Sequence[Mapping[str, Any] | None] | None = None,
         unit_ids: Sequence[str | int | None] | None = None,
+        thresholds: Sequence[float | None] | None = None,
+        request_ids: Sequence[str] | None = None,
+        streams: Sequence[TextSink | None] | None = None,
     ) -> list[RoutedAnswer]:
         """Answer many queries, each with its unit's arm, and log them in one transaction.
 
@@ -142,12 +152,15 @@ class ExperimentRouter:
             metadata: per-query metadata for question-only features.
             unit_ids: per-query units (users, sessions); ``None`` entries, or no list, get
                 random ids, recorded as such.
+            thresholds: refused unless every entry is ``None`` (as ``threshold``).
+            request_ids: the request id of each query (logged as such); default: fresh ids.
+            streams: per query, a sink for its answer's text as it is decoded.
 
         Raises:
             InputError: a threshold override, bad queries, or mismatched lengths.
             ExperimentError: a unit id is invalid, or the decision log cannot be written.
         """
-        if threshold is not None:
+        if threshold is not None or any(t is not None for t in thresholds or ()):
             raise InputError(
                 f"a threshold override would change the policies of experiment "
                 f"{self.experiment.name!r}; set thresholds in the arms' definitions"
@@ -155,7 +168,13 @@ class ExperimentRouter:
         ids = self._unit_ids(queries, unit_ids)
         assignments = self.assign(ids)
         policies = [self.experiment.arms[a.arm] for a in assignments]
-        routed = self.router.route_batch(queries, policies=policies, metadata=metadata)
+        routed = self.router.route_batch(
+            queries,
+            policies=policies,
+            metadata=metadata,
+            request_ids=request_ids,
+            streams=streams,
+        )
         for answer, assignment in zip(routed, assignments, strict=True):
             answer.extra["experiment"] = assignment.to_dict()
         if self.decision_log is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
@@ -13,6 +14,9 @@ from knowgate.schema import StrictModel
 DEFAULT_MODEL = "smollm2-135m"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 """A directory holding this file is a LoRA adapter (peft's format), not a full model."""
+REMOTE_SCHEME = "openai:"
+"""Model sources ``openai:<base_url>#<model name>`` name a model behind an OpenAI-compatible
+server (see :class:`RemoteConfig`)."""
 
 DEFAULT_SYSTEM_PROMPT = (
     "Answer the question with a short phrase: a name, place, date or number. "
@@ -107,6 +111,103 @@ class GenerationConfig(StrictModel):
     batch_size: int = Field(default=8, ge=1, le=512)
 
 
+class RemoteConfig(StrictModel):
+    """A model served behind an OpenAI-compatible ``/chat/completions`` endpoint.
+
+    vLLM, SGLang, llama.cpp's servers and Ollama all serve one; knowgate gates such a model with
+    the signals the server returns (see docs/remote.md).
+
+    Attributes:
+        base_url: the API root, e.g. ``http://127.0.0.1:8000/v1`` (requests go to
+            ``{base_url}/chat/completions`` and ``{base_url}/models``).
+        model: the served model's name (the request's ``model`` field).
+        api_key_env: name of the environment variable holding the API key (sent as a bearer
+            token); ``None`` sends none. The key itself never goes into a config or a cache.
+        model_id: the identity recorded in traces, caches and fitted policies; default
+            ``openai:<base_url>#<model>``. Set it to keep one identity across hosts serving the
+            same weights.
+        revision: what the served weights are (a checkpoint hash, a tag), if you know it; it
+            keys the caches beside what the server's ``/models`` entry says (a server can swap
+            weights behind the same name; see docs/remote.md).
+        top_logprobs: alternatives requested per generated token (servers cap it, usually at 20);
+            the ``*_topk_entropy`` features are over these.
+        hidden_states: ask for the last-layer hidden state (SGLang's ``return_hidden_states``;
+            the server must run with ``--enable-return-hidden-states``); it adds the
+            ``served_hidden_*`` sparsity features.
+        timeout_s: seconds to wait for one response.
+        connect_timeout_s: seconds to wait for a connection.
+        max_retries: retries of a request that failed in a way that is safe to retry (the
+            connection was refused or could not be made, 429 rate limits, 502/503/504); never
+            of a timed-out or malformed response.
+        backoff_s: first wait before a retry; it doubles per retry (with jitter), and a
+            ``Retry-After`` header wins when the server sends one.
+        max_backoff_s: longest wait between retries.
+        concurrency: requests in flight at once for a batch of questions.
+        extra_body: extra fields merged into every request (server-specific sampling options).
+    """
+
+    base_url: str
+    model: str = Field(min_length=1)
+    api_key_env: str | None = None
+    model_id: str | None = None
+    revision: str | None = None
+    top_logprobs: int = Field(default=20, ge=2, le=100)
+    hidden_states: bool = False
+    timeout_s: float = Field(default=60.0, gt=0)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    max_retries: int = Field(default=3, ge=0, le=20)
+    backoff_s: float = Field(default=0.5, ge=0)
+    max_backoff_s: float = Field(default=8.0, ge=0)
+    concurrency: int = Field(default=8, ge=1, le=256)
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        v = v.strip().rstrip("/")
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(
+                f"base_url must be an http(s) URL such as http://127.0.0.1:8000/v1, got {v!r}"
+            )
+        return v
+
+    @field_validator("extra_body")
+    @classmethod
+    def _no_core_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
+        core = {"model", "messages", "logprobs", "top_logprobs", "max_tokens", "stream"}
+        clash = sorted(core & set(v))
+        if clash:
+            raise ValueError(f"extra_body may not set {clash}: knowgate sets them itself")
+        return v
+
+    @property
+    def source(self) -> str:
+        """The ``openai:<base_url>#<model>`` source string naming this model."""
+        return f"{REMOTE_SCHEME}{self.base_url}#{self.model}"
+
+    @property
+    def identity(self) -> str:
+        """The model id (``model_id`` or :attr:`source`)."""
+        return self.model_id or self.source
+
+    @classmethod
+    def parse_source(cls, source: str) -> dict[str, str]:
+        """``openai:<base_url>#<model>`` as ``{"base_url", "model"}``.
+
+        Raises:
+            ValueError: not of that form.
+        """
+        body = source.strip().removeprefix(REMOTE_SCHEME)
+        base_url, sep, model = body.rpartition("#")
+        if not source.strip().startswith(REMOTE_SCHEME) or not sep or not base_url or not model:
+            raise ValueError(
+                f"a remote model source is openai:<base_url>#<model name> (e.g. "
+                f"openai:http://127.0.0.1:8000/v1#Qwen/Qwen2.5-7B-Instruct), got {source!r}"
+            )
+        return {"base_url": base_url, "model": model}
+
+
 class ModelConfig(StrictModel):
     """Which model to load and how to run it.
 
@@ -125,6 +226,9 @@ class ModelConfig(StrictModel):
             policies of a fine-tuned model never mix with the base model's. Needs the ``peft``
             package (``pip install 'knowgate[study]'``). ``source`` may also name the adapter
             directory itself: its ``adapter_config.json`` names the base model.
+        remote: a model behind an OpenAI-compatible server instead of a local one (also set by
+            a source ``openai:<base_url>#<model name>``); ``dtype``, ``device``, ``cache_dir``,
+            ``layers`` and ``revision`` do not apply to it, and it takes no ``adapter``.
     """
 
     source: str = DEFAULT_MODEL
@@ -136,6 +240,36 @@ class ModelConfig(StrictModel):
     adapter: Path | None = None
     prompt: PromptConfig = PromptConfig()
     generation: GenerationConfig = GenerationConfig()
+    remote: RemoteConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _remote_source(cls, data: Any) -> Any:
+        """Tie ``source`` and ``remote`` together: either names the served model."""
+        if not isinstance(data, dict):
+            return data
+        source = data.get("source")
+        remote = data.get("remote")
+        from_source = isinstance(source, str) and source.strip().startswith(REMOTE_SCHEME)
+        if remote is None:
+            if from_source and isinstance(source, str):
+                return {**data, "remote": RemoteConfig.parse_source(source)}
+            return data
+        config = remote if isinstance(remote, RemoteConfig) else RemoteConfig.model_validate(remote)
+        if source is None or source == DEFAULT_MODEL:
+            return {**data, "source": config.source, "remote": config}
+        if from_source and isinstance(source, str):
+            named = RemoteConfig.parse_source(source)
+            if (named["base_url"].rstrip("/"), named["model"]) != (config.base_url, config.model):
+                raise ValueError(
+                    f"model.source {source!r} and model.remote ({config.source}) name different "
+                    "served models; give one of them"
+                )
+            return {**data, "source": config.source, "remote": config}
+        raise ValueError(
+            f"model.source {source!r} is a local model but model.remote points at "
+            f"{config.source}; give one of them"
+        )
 
     @field_validator("source")
     @classmethod
@@ -170,6 +304,15 @@ class ModelConfig(StrictModel):
                 f"adapter {v} is not a LoRA adapter directory (no {ADAPTER_CONFIG_FILE})"
             )
         return v
+
+    @model_validator(mode="after")
+    def _adapter_is_local(self) -> ModelConfig:
+        if self.adapter is not None and self.remote is not None:
+            raise ValueError(
+                f"adapter {self.adapter} is applied to local weights; a remote model "
+                f"({self.remote.source}) cannot take one"
+            )
+        return self
 
     @field_validator("layers")
     @classmethod

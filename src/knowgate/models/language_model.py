@@ -9,10 +9,11 @@ token's log-probability and the top-1/top-2 margin. ``run`` does both. A pre-gen
 
 from __future__ import annotations
 
+import functools
 import inspect
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -32,10 +33,19 @@ from knowgate.signals import (
     PositionStates,
     SignalConfig,
     TokenStats,
+    TopKStats,
     compute_features,
 )
 
 StopReason = Literal["eos", "newline", "length"]
+
+TokenCallback = Callable[[int, int], None]
+"""``on_token(row, token_id)``: one decode step's token for one row that had not finished.
+
+Rows count in the order of the call's output (``decode``: the order of ``rows``; ``run``: the
+order of ``prompts``); a row's stop token is passed too. Called under the model lock, between
+forward passes: keep it fast.
+"""
 
 
 def summarize_logits(
@@ -400,6 +410,7 @@ class LanguageModel:
         *,
         max_new_tokens: int | None = None,
         stop_at_newline: bool | None = None,
+        on_token: TokenCallback | None = None,
     ) -> list[Draft]:
         """Greedy decoding that continues from the prefill's KV cache.
 
@@ -409,6 +420,8 @@ class LanguageModel:
                 are dropped, so no decode steps are spent on prompts that will retrieve.
             max_new_tokens: token limit (default from the config).
             stop_at_newline: override the config's newline stop.
+            on_token: called with every generated token as it is chosen (streaming); see
+                :data:`TokenCallback`.
 
         Returns:
             One :class:`Draft` per selected row, in the order of ``rows``.
@@ -437,7 +450,9 @@ class LanguageModel:
                 cache.reorder_cache(index)
                 attention_mask = attention_mask[index]
                 logits = logits[index]
-            steps = self._decode_steps(cache, attention_mask, logits, limit, stop_ids)
+            steps = self._decode_steps(
+                cache, attention_mask, logits, limit, stop_ids, on_step=_per_row(on_token)
+            )
             seconds = time.perf_counter() - start
         return self._assemble_drafts(steps, stop_ids, seconds, stop_at_newline)
 
@@ -449,10 +464,13 @@ class LanguageModel:
         limit: int,
         stop_ids: torch.Tensor,
         choose: Any = None,
+        on_step: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
     ) -> list[tuple[torch.Tensor, ...]]:
         """The decode loop: per step the token, its distribution summary and a finished flag.
 
         ``choose`` maps ``[B, V]`` logits to ``[B]`` tokens (default greedy, the arg-max).
+        ``on_step(tokens, finished_before)`` sees each step's ``[B]`` tokens as soon as they are
+        chosen (rows with ``finished_before`` set had already stopped).
         """
         positions = attention_mask.long().sum(dim=1, keepdim=True) - 1
         n = attention_mask.shape[0]
@@ -464,6 +482,8 @@ class LanguageModel:
             if choose is not None:
                 token = choose(logits)
             steps.append((token, entropy, logprob, margin, logit_margin, finished.clone()))
+            if on_step is not None:
+                on_step(token, finished)
             finished = finished | torch.isin(token, stop_ids)
             if bool(finished.all()) or step == limit - 1:
                 break
@@ -555,6 +575,34 @@ class LanguageModel:
             [probs[:, sorted(i)].sum(dim=1).double().cpu().numpy() for i in ids], axis=1
         )
 
+    def topk_logprobs(self, prompt: str, token_ids: Sequence[int], *, k: int = 20) -> TopKStats:
+        """The top-``k`` log-probabilities along a given continuation of ``prompt``.
+
+        One forward pass over the prompt and ``token_ids`` (teacher forcing): position ``j``
+        holds the distribution after the prompt and ``token_ids[:j]``, its ``k`` largest
+        log-probabilities and that of ``token_ids[j]``. This is what an OpenAI-compatible
+        server returns with ``top_logprobs=k``, so
+        :func:`~knowgate.signals.compute_served_features` gives a local model the features a
+        served one has (e.g. to fit a policy here and use it on a server, or to compare both).
+        Default runs do not compute it: it costs this extra pass.
+
+        Raises:
+            InputError: no tokens, or ``k`` < 2.
+        """
+        if not token_ids:
+            raise InputError("topk_logprobs needs at least one continuation token")
+        if k < 2:
+            raise InputError(f"k must be at least 2, got {k}")
+        input_ids, _, _ = self._encode([prompt])
+        continuation = torch.tensor([list(token_ids)], dtype=torch.long, device=self._device)
+        full = torch.cat([input_ids, continuation[:, :-1]], dim=1)
+        with self._lock, torch.inference_mode():
+            out = self.model(input_ids=full, attention_mask=torch.ones_like(full), use_cache=False)
+            logp = torch.log_softmax(out.logits[0, input_ids.shape[1] - 1 :, :].float(), dim=-1)
+            top = logp.topk(min(k, logp.shape[-1]), dim=-1).values
+            chosen = logp.gather(-1, continuation[0][:, None])[:, 0]
+        return TopKStats(chosen.double().cpu().numpy(), top.double().cpu().numpy())
+
     def _single_token_ids(self, word: str) -> set[int]:
         ids: set[int] = set()
         for form in {word.lower(), word.title(), word.upper()}:
@@ -611,11 +659,13 @@ class LanguageModel:
         max_new_tokens: int | None = None,
         batch_size: int | None = None,
         progress: bool = False,
+        on_token: TokenCallback | None = None,
     ) -> list[RunOutput]:
         """Prefill with captures, then greedy drafts from the same cache, in batches.
 
         Left padding makes a batched run give the same signals as one-by-one runs (up to
-        floating-point noise).
+        floating-point noise). ``on_token`` streams the generated tokens (see
+        :data:`TokenCallback`; rows are indices into ``prompts``).
         """
         if isinstance(prompts, str):
             raise InputError("run() takes a list of prompts; wrap a single prompt in a list")
@@ -625,7 +675,10 @@ class LanguageModel:
         for start in tqdm(batches, desc="forward passes", unit="batch", disable=not progress):
             chunk = prompts[start : start + size]
             pre = self.prefill(chunk)
-            drafts = self.decode(pre, max_new_tokens=max_new_tokens)
+            shifted = None
+            if on_token is not None:
+                shifted = functools.partial(_shift_row, on_token, start)
+            drafts = self.decode(pre, max_new_tokens=max_new_tokens, on_token=shifted)
             for i, draft in enumerate(drafts):
                 outputs.append(
                     RunOutput(
@@ -645,6 +698,25 @@ class LanguageModel:
         if not question.strip():
             raise InputError("question is empty")
         return self.run([self.format_prompt(question, passages)])[0]
+
+
+def _per_row(
+    on_token: TokenCallback | None,
+) -> Callable[[torch.Tensor, torch.Tensor], None] | None:
+    """A decode-loop step hook that calls ``on_token`` for each row still generating."""
+    if on_token is None:
+        return None
+
+    def on_step(tokens: torch.Tensor, finished: torch.Tensor) -> None:
+        for row, (token, done) in enumerate(zip(tokens.tolist(), finished.tolist(), strict=True)):
+            if not done:
+                on_token(row, int(token))
+
+    return on_step
+
+
+def _shift_row(on_token: TokenCallback, offset: int, row: int, token: int) -> None:
+    on_token(offset + row, token)
 
 
 def load_model(source: str | ModelConfig = DEFAULT_MODEL) -> LanguageModel:

@@ -76,10 +76,24 @@ class PromptFormatter:
             )
         return f"{text}\nAnswer:"
 
-    def _chat(self, question: str, context: str | None) -> str:
+    def messages(
+        self, question: str, passages: Sequence[PassageLike] | None = None
+    ) -> list[dict[str, str]]:
+        """The chat messages (system, user) of a chat prompt, before any chat template.
+
+        A served model gets these as they are: its server applies its own chat template.
+        """
+        question = " ".join(question.split())
+        context = self.context_block(passages) if passages else None
+        return self._chat_messages(question, context)
+
+    def _chat_messages(self, question: str, context: str | None) -> list[dict[str, str]]:
         system = self.config.rag_system_prompt if context else self.config.system_prompt
         user = f"Context:\n{context}\n\nQuestion: {question}" if context else question
-        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+    def _chat(self, question: str, context: str | None) -> str:
+        messages = self._chat_messages(question, context)
         prompt = self.tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True
         )

@@ -12,7 +12,7 @@ from knowgate.policy.base import NoParams, Policy
 from knowgate.policy.baselines import AlwaysRetrieve, NeverRetrieve, RandomRetrieve
 from knowgate.policy.calibration import CALIBRATION_METHODS, fit_calibrator
 from knowgate.policy.decision import Decision
-from knowgate.policy.fitting import CrossFitted, FusedFit, cross_fitted_p_known, fit_fused
+from knowgate.policy.fitting import FusedFit, PolicyFit, fit_fused, fit_policy
 from knowgate.policy.fused import FusedPolicy, LinearScorer
 from knowgate.policy.operating_points import (
     ExpectedCost,
@@ -25,7 +25,14 @@ from knowgate.policy.operating_points import (
     parse_operating_point,
 )
 from knowgate.policy.oracle import ORACLE_FEATURE, OraclePolicy
+from knowgate.policy.peers import (
+    FlarePolicy,
+    SamplingConsistencyPolicy,
+    SelfRoutingPolicy,
+    TargPolicy,
+)
 from knowgate.policy.popularity import POPULARITY_FEATURE, PopularityPolicy
+from knowgate.policy.probe import ProbePolicy, VectorScorer
 from knowgate.policy.registry import (
     POLICY_REGISTRY,
     build_policy,
@@ -33,6 +40,13 @@ from knowgate.policy.registry import (
     load_policy,
     policy_from_artifact,
     policy_from_spec,
+)
+from knowgate.policy.selection import (
+    FeatureGroups,
+    HiddenStateProbe,
+    Logistic,
+    Recipe,
+    StackedProbe,
 )
 from knowgate.policy.spec import PolicySpec
 from knowgate.policy.threshold import ThresholdPolicy
@@ -44,31 +58,42 @@ __all__ = [
     "POLICY_REGISTRY",
     "POPULARITY_FEATURE",
     "AlwaysRetrieve",
-    "CrossFitted",
     "Decision",
     "ExpectedCost",
+    "FeatureGroups",
     "FixedProbability",
+    "FlarePolicy",
     "FusedFit",
     "FusedPolicy",
+    "HiddenStateProbe",
     "LinearScorer",
+    "Logistic",
     "NeverRetrieve",
     "NoParams",
     "OperatingPoint",
     "OraclePolicy",
     "Policy",
+    "PolicyFit",
     "PolicySpec",
     "PopularityPolicy",
+    "ProbePolicy",
     "RandomRetrieve",
+    "Recipe",
     "RetrievalBudget",
+    "SamplingConsistencyPolicy",
+    "SelfRoutingPolicy",
+    "StackedProbe",
+    "TargPolicy",
     "TargetAccuracy",
     "ThresholdChoice",
     "ThresholdPolicy",
+    "VectorScorer",
     "build_policy",
     "bundled_policy_path",
     "choose_threshold",
-    "cross_fitted_p_known",
     "fit_calibrator",
     "fit_fused",
+    "fit_policy",
     "load_policy",
     "parse_operating_point",
     "policy_from_artifact",

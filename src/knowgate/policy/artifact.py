@@ -1,17 +1,23 @@
 """Versioned, human-readable policy artifacts (JSON; never pickle).
 
-Layout (format version 1)::
+Layout (format version 2)::
 
     {
-      "format": "knowgate-policy", "format_version": 1,
+      "format": "knowgate-policy", "format_version": 2,
       "policy": "fused", "policy_id": "fused-v1:smollm2-135m:3f2a9c",
       "model_id": "smollm2-135m", "prompt_config": {...},
       "required_features": ["next_token_entropy", ...],
+      "required_vectors": [],
       "params": {"scorer": {...}, "calibrator": {"method": "isotonic", ...}},
       "threshold": 0.31, "operating_point": {"kind": "budget", ...},
       "training": {"n_samples": 2936, "n_positive": 312, "metrics": {...}},
+      "signal_config": {"positions": ["prompt_end"], "near_zero_eps": 0.01, ...},
       "created": "2026-...Z", "knowgate_version": "0.1.0"
     }
+
+Version 2 added ``required_vectors`` (vector signals a probe reads) and ``signal_config`` (the
+signal configuration the features were computed with). Version 1 files (without them) are still
+read.
 
 This module is the file format alone - the envelope schema, strict JSON reading and atomic
 writing - and imports no policy: :meth:`Policy.to_dict <knowgate.policy.base.Policy.to_dict>`
@@ -33,7 +39,8 @@ from knowgate.jsonio import atomic_write_text
 from knowgate.schema import StrictModel, validation_problems
 
 ARTIFACT_FORMAT = "knowgate-policy"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 class PolicyArtifact(StrictModel):
@@ -46,10 +53,12 @@ class PolicyArtifact(StrictModel):
     model_id: str | None = None
     prompt_config: dict[str, Any] | None = None
     required_features: tuple[str, ...] = ()
+    required_vectors: tuple[str, ...] = ()
     params: dict[str, Any] = Field(default_factory=dict)
     threshold: float | None = Field(default=None, allow_inf_nan=False)
     operating_point: dict[str, Any] | None = None
     training: dict[str, Any] | None = None
+    signal_config: dict[str, Any] | None = None
     created: str | None = None
     knowgate_version: str | None = None
 
@@ -91,11 +100,15 @@ def validate_envelope(data: dict[str, Any], source: str) -> PolicyArtifact:
     version = data.get("format_version")
     if isinstance(version, bool) or not isinstance(version, int):
         raise PolicyError(f"{source}: format_version must be an integer, got {version!r}")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         newer = " (written by a newer knowgate?)" if version > FORMAT_VERSION else ""
         raise PolicyError(
             f"{source}: unsupported policy format_version {version}{newer}; "
-            f"this knowgate reads version {FORMAT_VERSION}"
+            f"this knowgate reads versions {', '.join(map(str, READABLE_VERSIONS))}"
+        )
+    if version == 1 and ("required_vectors" in data or "signal_config" in data):
+        raise PolicyError(
+            f"{source}: required_vectors and signal_config need format_version 2, not 1"
         )
     try:
         return PolicyArtifact.model_validate(data)

@@ -35,7 +35,14 @@ from knowgate.policy.operating_points import OperatingPoint, parse_operating_poi
 from knowgate.schema import StrictModel, validation_problems
 
 #: Every fit record a policy constructor may take as a keyword (``metadata_keys`` choose).
-METADATA_KEYS = ("threshold", "model_id", "operating_point", "training", "prompt_config")
+METADATA_KEYS = (
+    "threshold",
+    "model_id",
+    "operating_point",
+    "training",
+    "prompt_config",
+    "signal_config",
+)
 
 
 def feature_value(features: Mapping[str, Any], name: str, policy_id: str) -> float:
@@ -71,6 +78,36 @@ def feature_matrix(
     return out
 
 
+def vector_rows(
+    rows: Sequence[Mapping[str, Any]], name: str, size: int, policy_id: str
+) -> NDArray[np.float64]:
+    """``[len(rows), size]`` matrix of one validated vector signal per row.
+
+    Raises:
+        PolicyError: the vector is missing, not a 1-D array of ``size`` finite numbers.
+    """
+    if isinstance(rows, Mapping):
+        raise PolicyError("decide_batch takes a sequence of feature mappings, not one mapping")
+    out = np.empty((len(rows), size), dtype=np.float64)
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping) or name not in row:
+            raise PolicyError(
+                f"policy {policy_id} needs the vector signal {name!r}, which is missing (row {i})"
+            )
+        try:
+            value = np.asarray(row[name], dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise PolicyError(f"policy {policy_id}: {name!r} is not a numeric vector") from exc
+        if value.shape != (size,):
+            raise PolicyError(
+                f"policy {policy_id}: {name!r} must hold {size} numbers, got shape {value.shape}"
+            )
+        if not np.all(np.isfinite(value)):
+            raise PolicyError(f"policy {policy_id}: {name!r} has NaN or inf values")
+        out[i] = value
+    return out
+
+
 def short_model_name(model_id: str | None) -> str:
     """A readable model tag for ids: the last path component of a hub id or path."""
     if not model_id:
@@ -103,22 +140,29 @@ class Policy(ABC):
             whenever anything that affects decisions changes (parameters, threshold).
         required_features: feature names the policy reads (signals-registry names; ``s_pop``
             and ``oracle_correct`` for the evaluation-only policies).
+        required_vectors: vector signals it reads (``hidden_state_layer14_at_question_end``;
+            probes); the router computes them only for such policies and keeps them out of
+            traces.
         model_id: the model it was fitted for; ``None`` when it is model-agnostic.
         threshold: the current cut (see :class:`Decision`), or ``None``.
         operating_point: how ``threshold`` was chosen, when it was fitted.
         training: free-form record of the fit (sample counts, held-out metrics) kept in artifacts.
         prompt_config: the prompt configuration of the closed-book runs it was fitted on.
+        signal_config: the signal configuration its features were computed with (a
+            :class:`~knowgate.signals.SignalConfig` as a dict), when it was fitted.
     """
 
     name: ClassVar[str]
     params_model: ClassVar[type[StrictModel]] = NoParams
     metadata_keys: ClassVar[tuple[str, ...]] = ()
     required_features: tuple[str, ...] = ()
+    required_vectors: tuple[str, ...] = ()
     model_id: str | None = None
     threshold: float | None = None
     operating_point: OperatingPoint | None = None
     training: Mapping[str, Any] | None = None
     prompt_config: Mapping[str, Any] | None = None
+    signal_config: Mapping[str, Any] | None = None
 
     @property
     @abstractmethod
@@ -206,10 +250,12 @@ class Policy(ABC):
             "model_id": self.model_id,
             "prompt_config": dict(self.prompt_config) if self.prompt_config else None,
             "required_features": list(self.required_features),
+            "required_vectors": list(self.required_vectors),
             "params": self.params(),
             "threshold": self.threshold,
             "operating_point": op.model_dump(mode="json") if op is not None else None,
             "training": dict(self.training) if self.training else None,
+            "signal_config": dict(self.signal_config) if self.signal_config else None,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "knowgate_version": __version__,
         }

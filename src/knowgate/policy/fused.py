@@ -84,7 +84,14 @@ class FusedPolicy(Policy):
 
     name = "fused"
     params_model = FusedParams
-    metadata_keys = ("threshold", "model_id", "operating_point", "training", "prompt_config")
+    metadata_keys = (
+        "threshold",
+        "model_id",
+        "operating_point",
+        "training",
+        "prompt_config",
+        "signal_config",
+    )
 
     def __init__(
         self,
@@ -96,6 +103,7 @@ class FusedPolicy(Policy):
         operating_point: OperatingPoint | None = None,
         training: Mapping[str, Any] | None = None,
         prompt_config: Mapping[str, Any] | None = None,
+        signal_config: Mapping[str, Any] | None = None,
     ) -> None:
         """Assemble a fitted policy (see :func:`knowgate.policy.fitting.fit_fused`)."""
         self.scorer = scorer
@@ -105,6 +113,7 @@ class FusedPolicy(Policy):
         self.operating_point = operating_point
         self.training = training
         self.prompt_config = prompt_config
+        self.signal_config = signal_config
         self.required_features = scorer.feature_names
         self._id = f"fused-v1:{short_model_name(model_id)}:" + content_digest(
             [model_id, self.params(), self.threshold]
@@ -129,6 +138,7 @@ class FusedPolicy(Policy):
             operating_point=None,
             training=self.training,
             prompt_config=self.prompt_config,
+            signal_config=self.signal_config,
         )
 
     def p_known_matrix(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -144,17 +154,23 @@ class FusedPolicy(Policy):
         return self.p_known_matrix(feature_matrix(features, self.required_features, self._id))
 
     def _decide_matrix(self, x: NDArray[np.float64]) -> list[Decision]:
-        p = self.p_known_matrix(x)
         t = float(self.threshold if self.threshold is not None else 0.5)
-        always = t >= 1.0
-        return [
-            Decision(
-                bool(pk < t or always),
-                float(pk),
-                t,
-                self._id,
-                f"p_known {pk:.3f} {'<' if pk < t else '>='} threshold {t:.3f}"
-                + (" (threshold 1: retrieve always)" if always and pk >= t else ""),
-            )
-            for pk in p
-        ]
+        return probability_decisions(self.p_known_matrix(x), t, self._id)
+
+
+def probability_decisions(
+    p_known: NDArray[np.float64], threshold: float, policy_id: str
+) -> list[Decision]:
+    """Retrieve where calibrated p(known) is below ``threshold`` (threshold 1: always)."""
+    always = threshold >= 1.0
+    return [
+        Decision(
+            bool(pk < threshold or always),
+            float(pk),
+            threshold,
+            policy_id,
+            f"p_known {pk:.3f} {'<' if pk < threshold else '>='} threshold {threshold:.3f}"
+            + (" (threshold 1: retrieve always)" if always and pk >= threshold else ""),
+        )
+        for pk in p_known
+    ]

@@ -24,24 +24,26 @@ from knowgate.policy.base import Policy
 from knowgate.policy.baselines import AlwaysRetrieve, NeverRetrieve, RandomRetrieve
 from knowgate.policy.fused import FusedPolicy
 from knowgate.policy.oracle import OraclePolicy
+from knowgate.policy.peers import PEER_POLICIES
 from knowgate.policy.popularity import PopularityPolicy
+from knowgate.policy.probe import ProbePolicy
 from knowgate.policy.spec import PolicySpec
 from knowgate.policy.threshold import ThresholdPolicy
 
 log = logging.getLogger(__name__)
 
-POLICY_REGISTRY: dict[str, type[Policy]] = {
-    cls.name: cls
-    for cls in (
-        AlwaysRetrieve,
-        NeverRetrieve,
-        RandomRetrieve,
-        ThresholdPolicy,
-        FusedPolicy,
-        PopularityPolicy,
-        OraclePolicy,
-    )
-}
+_CLASSES: tuple[type[Policy], ...] = (
+    AlwaysRetrieve,
+    NeverRetrieve,
+    RandomRetrieve,
+    ThresholdPolicy,
+    FusedPolicy,
+    ProbePolicy,
+    PopularityPolicy,
+    OraclePolicy,
+    *PEER_POLICIES,
+)
+POLICY_REGISTRY: dict[str, type[Policy]] = {cls.name: cls for cls in _CLASSES}
 
 
 def policy_from_spec(
@@ -125,6 +127,7 @@ def policy_from_artifact(
         "operating_point": art.operating_point,
         "training": art.training,
         "prompt_config": art.prompt_config,
+        "signal_config": art.signal_config,
     }
     stray = sorted(k for k, v in records.items() if v is not None and k not in cls.metadata_keys)
     if stray:
@@ -144,6 +147,11 @@ def policy_from_artifact(
         raise PolicyError(
             f"{source}: required_features {list(art.required_features)} do not match the "
             f"policy's features {list(policy.required_features)}"
+        )
+    if tuple(art.required_vectors) != policy.required_vectors:
+        raise PolicyError(
+            f"{source}: required_vectors {list(art.required_vectors)} do not match the "
+            f"policy's vector signals {list(policy.required_vectors)}"
         )
     if art.policy_id != policy.policy_id:
         raise PolicyError(

@@ -39,7 +39,7 @@ class ThresholdPolicy(Policy):
 
     name = "threshold"
     params_model: ClassVar[type[StrictModel]] = ThresholdParams
-    metadata_keys = ("model_id", "operating_point", "training", "prompt_config")
+    metadata_keys = ("model_id", "operating_point", "training", "prompt_config", "signal_config")
 
     def __init__(
         self,
@@ -51,6 +51,7 @@ class ThresholdPolicy(Policy):
         operating_point: OperatingPoint | None = None,
         training: Mapping[str, Any] | None = None,
         prompt_config: Mapping[str, Any] | None = None,
+        signal_config: Mapping[str, Any] | None = None,
     ) -> None:
         """Create the policy (or fit one with :meth:`fit`)."""
         if not isinstance(feature, str) or not feature:
@@ -66,6 +67,7 @@ class ThresholdPolicy(Policy):
         self.operating_point = operating_point
         self.training = training
         self.prompt_config = prompt_config
+        self.signal_config = signal_config
         self.required_features = (feature,)
 
     @property
@@ -90,6 +92,7 @@ class ThresholdPolicy(Policy):
             model_id=self.model_id,
             training=self.training,
             prompt_config=self.prompt_config,
+            signal_config=self.signal_config,
         )
 
     def _decide_matrix(self, x: NDArray[np.float64]) -> list[Decision]:

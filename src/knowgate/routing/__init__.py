@@ -1,7 +1,7 @@
 """Routing: compose model, policy and retriever into answers with a full trace."""
 
 from knowgate.routing.generator import AnswerGenerator, GenerationRequest
-from knowgate.routing.protocol import QueryRouter
+from knowgate.routing.protocol import QueryRouter, TextSink
 from knowgate.routing.retrievers import PassageSource, as_passage_source, finite_score
 from knowgate.routing.router import Router, load_knowledge_base
 from knowgate.routing.trace import DecisionTrace, GateResult, PassageTrace, RoutedAnswer
@@ -16,6 +16,7 @@ __all__ = [
     "QueryRouter",
     "RoutedAnswer",
     "Router",
+    "TextSink",
     "as_passage_source",
     "finite_score",
     "load_knowledge_base",

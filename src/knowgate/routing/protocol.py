@@ -6,10 +6,18 @@ routing and A/B experiments alike, and never need to know which one they hold.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from knowgate.routing.trace import GateResult, RoutedAnswer
+
+TextSink = Callable[[str], None]
+"""Receives a streamed answer's text, piece by piece, as the model decodes it.
+
+The pieces concatenate to a prefix of the final ``RoutedAnswer.answer`` (the rest arrives with
+it: answers that were not decoded token by token - a draft-gate answer, an external generator's
+- arrive whole). A sink is called from the thread that runs the model; keep it fast.
+"""
 
 
 @runtime_checkable
@@ -39,8 +47,15 @@ class QueryRouter(Protocol):
         threshold: float | None = None,
         metadata: Sequence[Mapping[str, Any] | None] | None = None,
         unit_ids: Sequence[str | int | None] | None = None,
+        thresholds: Sequence[float | None] | None = None,
+        request_ids: Sequence[str] | None = None,
+        streams: Sequence[TextSink | None] | None = None,
     ) -> list[RoutedAnswer]:
-        """Answer many queries in batches (see :meth:`knowgate.routing.Router.route_batch`)."""
+        """Answer many queries in batches (see :meth:`knowgate.routing.Router.route_batch`).
+
+        Every per-query argument lets requests from different callers share one batch (a
+        server's micro-batches): each keeps its own threshold, unit, request id and stream.
+        """
         ...
 
     def gate(

@@ -6,8 +6,9 @@ signals can be computed, tested and cached without a model.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -18,6 +19,27 @@ from knowgate.errors import SignalError
 def _check_finite(name: str, arr: NDArray[np.floating]) -> None:
     if not np.all(np.isfinite(arr)):
         raise SignalError(f"{name} contains non-finite values (NaN or inf)")
+
+
+class TokenProbabilities(Protocol):
+    """What the probability features read: per position, the chosen token's log-probability and
+    the top-1/top-2 margins. Both :class:`TokenStats` (a local model's full distribution) and
+    :class:`TopKStats` (a served model's top-k) provide it.
+    """  # noqa: D205
+
+    @property
+    def logprob(self) -> NDArray[np.float64]:  # noqa: D102
+        ...
+
+    @property
+    def margin(self) -> NDArray[np.float64]:  # noqa: D102
+        ...
+
+    @property
+    def logit_margin(self) -> NDArray[np.float64]:  # noqa: D102
+        ...
+
+    def __len__(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -82,6 +104,98 @@ class TokenStats:
             np.asarray(margin, dtype=np.float64),
             np.asarray(logit_margin, dtype=np.float64),
         )
+
+
+@dataclass(frozen=True)
+class TopKStats:
+    """Per-position top-k log-probabilities of a greedy generation: what a served model returns.
+
+    An OpenAI-compatible server returns, per generated token, the chosen token's log-probability
+    and the ``k`` largest log-probabilities of the full distribution (``top_logprobs``, capped at
+    about 20 by most servers). The chosen-token probability, the top-1/top-2 margin and the logit
+    margin (``log p1 - log p2`` equals ``logit1 - logit2``) are exact; the entropy is not (see
+    :func:`knowgate.signals.topk.topk_entropy`).
+
+    Attributes:
+        logprob: log-probability of the chosen token at each position, ``[T]``.
+        top_logprobs: the largest log-probabilities at each position, descending, ``[T, k]``;
+            a position with fewer than ``k`` alternatives is padded with ``-inf``.
+    """
+
+    logprob: NDArray[np.float64]
+    top_logprobs: NDArray[np.float64]
+
+    def __post_init__(self) -> None:
+        if self.logprob.ndim != 1 or self.top_logprobs.ndim != 2:
+            raise SignalError(
+                f"TopKStats needs logprob [T] and top_logprobs [T, k], got "
+                f"{self.logprob.shape} and {self.top_logprobs.shape}"
+            )
+        if self.top_logprobs.shape[0] != self.logprob.shape[0]:
+            raise SignalError(
+                f"TopKStats: {self.logprob.shape[0]} chosen tokens but "
+                f"{self.top_logprobs.shape[0]} rows of alternatives"
+            )
+        _check_finite("TopKStats.logprob", self.logprob)
+        top = self.top_logprobs
+        if np.isnan(top).any() or np.isposinf(top).any():
+            raise SignalError("TopKStats.top_logprobs contains NaN or +inf")
+        if top.shape[0] and (top.shape[1] < 2 or not np.isfinite(top[:, :2]).all()):
+            raise SignalError(
+                "TopKStats needs at least two alternatives per position (the top-1/top-2 "
+                "margin); ask the server for top_logprobs >= 2"
+            )
+        with np.errstate(invalid="ignore"):  # -inf padding minus -inf padding is NaN
+            ascending = (np.diff(top, axis=1) > 0).any() if top.shape[1] > 1 else False
+        if ascending:
+            raise SignalError("TopKStats.top_logprobs must be sorted in descending order")
+
+    def __len__(self) -> int:
+        return int(self.logprob.shape[0])
+
+    @property
+    def k(self) -> int:
+        """Alternatives per position (columns of ``top_logprobs``)."""
+        return int(self.top_logprobs.shape[1])
+
+    @property
+    def margin(self) -> NDArray[np.float64]:
+        """Top-1 minus top-2 probability (of the full distribution) at each position."""
+        return np.asarray(
+            np.exp(self.top_logprobs[:, 0]) - np.exp(self.top_logprobs[:, 1]), dtype=np.float64
+        )
+
+    @property
+    def logit_margin(self) -> NDArray[np.float64]:
+        """Top-1 minus top-2 logit (``log p1 - log p2``) at each position."""
+        return np.asarray(self.top_logprobs[:, 0] - self.top_logprobs[:, 1], dtype=np.float64)
+
+    def slice(self, start: int, stop: int | None = None) -> TopKStats:
+        """Sub-range of positions."""
+        return TopKStats(self.logprob[start:stop], self.top_logprobs[start:stop])
+
+    @classmethod
+    def from_rows(
+        cls, chosen: Sequence[float], alternatives: Sequence[Sequence[float]], k: int | None = None
+    ) -> TopKStats:
+        """Build from per-position lists (any order), keeping the ``k`` largest of each.
+
+        Args:
+            chosen: the chosen token's log-probability per position.
+            alternatives: the returned top log-probabilities per position.
+            k: columns to keep (default: the longest row).
+        """
+        if len(chosen) != len(alternatives):
+            raise SignalError(
+                f"TopKStats: {len(chosen)} chosen tokens but {len(alternatives)} rows of "
+                "alternatives"
+            )
+        width = k if k is not None else max((len(a) for a in alternatives), default=2)
+        top = np.full((len(alternatives), width), -np.inf, dtype=np.float64)
+        for i, row in enumerate(alternatives):
+            values = sorted((float(v) for v in row), reverse=True)[:width]
+            top[i, : len(values)] = values
+        return cls(np.asarray(chosen, dtype=np.float64), top)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,9 @@
 """The shipped recipe on traffic unlike its calibration data: leave one dataset out.
 
+Also :func:`leave_one_dataset_out_auroc`: whether each signal's and each main policy's ranking
+holds on a dataset it was not fitted on (its AUROC there, fitted - or its direction chosen - on
+the other datasets only, beside its cross-fitted in-distribution AUROC).
+
 A user calibrates a gate on some labelled questions and then gates traffic that is not like
 them. For each dataset, the whole shipped recipe - the router's prefill signals, standardised
 logistic regression, calibration on inner out-of-fold logits, and the default operating rule's
@@ -12,27 +16,41 @@ has seen other questions of the dataset it scores), and always retrieving on the
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
 
 from knowgate.errors import PolicyError
 from knowgate.evaluation.bench.policies import (
+    Candidate,
+    FixedCandidate,
+    HeldOutSet,
     PolicyCandidate,
     cross_fit_candidate,
     inner_splits,
     outer_splits,
 )
 from knowgate.evaluation.bench.policy_results import outcome_result
-from knowgate.evaluation.bench.summary import LeaveOneDatasetOut, LeftOutDataset, PolicyResult
+from knowgate.evaluation.bench.summary import (
+    LeaveOneDatasetOut,
+    LeaveOneDatasetOutAuroc,
+    LeftOutDataset,
+    PolicyResult,
+    UnseenAuroc,
+)
 from knowgate.evaluation.bench.table import BenchTable
 from knowgate.evaluation.both_branches import GateStage
-from knowgate.evaluation.cross_fitting import fit_fold, logistic_learner
+from knowgate.evaluation.cross_fitting import Learner, ScoreModel, fit_fold, held_out_signed
 from knowgate.evaluation.labelled import LabelledTable, family_stage
+from knowgate.evaluation.metrics import auroc, column_aurocs
 from knowgate.evaluation.operating_rules import DEFAULT_RULE, RULES
-from knowgate.policy.fitting import make_splits
-from knowgate.policy.fused import FusedPolicy, LinearScorer
+from knowgate.evaluation.reporting import finite
+from knowgate.policy.base import Policy
+from knowgate.policy.calibration import Calibrator
+from knowgate.policy.linear import make_splits
+from knowgate.policy.selection import Choice, FeatureGroups, as_policy
+from knowgate.policy.selection import Recipe as FitRecipe
 
 RECIPE_NAME = "shipped recipe"
 
@@ -45,8 +63,10 @@ class Recipe:
         features: the model signals read (the router's prefill signals).
         calibration: calibration method.
         rule: the operating rule (a key of :data:`~knowgate.evaluation.operating_rules.RULES`).
-        folds: inner folds for the calibrator's out-of-fold logits.
+        folds: inner folds for the calibrator's out-of-fold logits (and the learner's choices).
         seed: split seed.
+        learner: the score model: the fused recipe that chooses feature group and ``C`` by
+            inner CV on the training data, as ``knowgate calibrate`` fits it.
     """
 
     features: tuple[str, ...]
@@ -54,13 +74,18 @@ class Recipe:
     rule: str = DEFAULT_RULE
     folds: int = 5
     seed: int = 0
+    learner: Learner | FitRecipe = field(default_factory=FeatureGroups)
 
     def describe(self) -> str:
         """One line for reports."""
+        what = (
+            self.learner.describe()
+            if isinstance(self.learner, FitRecipe)
+            else "standardised logistic regression"
+        )
         return (
-            f"{len(self.features)} router prefill signals, standardised logistic regression, "
-            f"{self.calibration} calibration on inner out-of-fold logits, cut by '{self.rule}' "
-            "on the training data"
+            f"{len(self.features)} router prefill signals; {what}; {self.calibration} "
+            f"calibration on inner out-of-fold logits, cut by '{self.rule}' on the training data"
         )
 
 
@@ -72,7 +97,7 @@ def shipped_features(table: LabelledTable) -> list[str]:
     """
     from knowgate.signals import SignalConfig, feature_names
 
-    router = set(feature_names(SignalConfig(), stage="prefill"))
+    router = set(feature_names(SignalConfig(), stage="prefill", backend="any"))
     return [
         n
         for n in table.features
@@ -106,12 +131,23 @@ class RecipeFit:
     """A recipe fitted on training data: a policy with its cut.
 
     Attributes:
-        policy: the fitted policy (threshold set; retrieves where p(known) < threshold).
+        policy: the fitted policy (threshold set; retrieves where p(known) < threshold); it
+            reads the features its recipe chose.
         threshold: the cut the operating rule chose on the training rows.
+        model: the fitted score model, reading the recipe's full feature matrix.
+        calibrator: its calibrator.
+        choice: what the recipe chose on the training rows.
     """
 
-    policy: FusedPolicy
+    policy: Policy
     threshold: float
+    model: ScoreModel
+    calibrator: Calibrator
+    choice: Choice | None = None
+
+    def p_known(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Calibrated p(known) of rows of the recipe's full feature matrix."""
+        return np.clip(self.calibrator.apply(self.model.logits(x)), 0.0, 1.0)
 
 
 Fitter = Callable[[TrainingData, Recipe], RecipeFit]
@@ -126,21 +162,21 @@ def fit_recipe(data: TrainingData, recipe: Recipe) -> RecipeFit:
         PolicyError: too few correct or wrong answers to fit.
     """
     inner = make_splits(data.y, data.groups, n_splits=recipe.folds, seed=recipe.seed)
-    model, calibrator, p_train = fit_fold(
+    fold = fit_fold(
         data.x,
         data.y,
         recipe.features,
         inner,
         calibration=recipe.calibration,
-        learner=logistic_learner,
+        learner=recipe.learner,
     )
-    threshold = float(RULES[recipe.rule](p_train, data.y, data.rag_correct))
-    assert isinstance(model, LinearScorer)
-    return RecipeFit(FusedPolicy(model, calibrator, threshold=min(1.0, threshold)), threshold)
+    threshold = float(RULES[recipe.rule](fold.p_train, data.y, data.rag_correct))
+    policy = as_policy(fold.model, fold.calibrator, threshold=min(1.0, threshold))
+    return RecipeFit(policy, threshold, fold.model, fold.calibrator, fold.choice)
 
 
 def _retrieve(fit: RecipeFit, x: NDArray[np.float64]) -> NDArray[np.bool_]:
-    p = fit.policy.p_known_matrix(x)
+    p = fit.p_known(x)
     return np.asarray((p < fit.threshold) | (fit.threshold >= 1.0))
 
 
@@ -178,7 +214,9 @@ def leave_one_dataset_out(
     x = lab.matrix(names)
     # In distribution: the same recipe, cross-fitted on pooled folds, cut per fold.
     everywhere = np.ones(table.n, dtype=bool)
-    candidate = PolicyCandidate(RECIPE_NAME, "fused", "prefill", tuple(names), x, everywhere)
+    candidate = PolicyCandidate(
+        RECIPE_NAME, "fused", "prefill", tuple(names), x, everywhere, learner=recipe.learner
+    )
     splits = outer_splits(lab.y, lab.groups, folds=folds, seed=seed)
     inner = min(folds, recipe.folds)
     pooled_fit = cross_fit_candidate(
@@ -261,3 +299,107 @@ def recipe_for(
         calibration=calibration,
         seed=seed,
     )
+
+
+def _held_out_rows(
+    table: BenchTable, dataset: str, rows: NDArray[np.bool_]
+) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+    """(training rows: other datasets minus questions shared with ``dataset``, its rows)."""
+    lab = table.labelled
+    test = rows & (lab.datasets == dataset)
+    train = rows & (lab.datasets != dataset) & ~np.isin(lab.groups, lab.groups[test])
+    return train, test
+
+
+def _mean(values: list[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return finite(float(np.mean(kept))) if kept else None
+
+
+def leave_one_dataset_out_auroc(
+    table: BenchTable,
+    held: HeldOutSet,
+    candidates: Sequence[Candidate],
+    *,
+    calibration: str = "sigmoid",
+    folds: int = 5,
+    seed: int = 0,
+) -> LeaveOneDatasetOutAuroc:
+    """Each policy and model signal scored on every dataset by a fit that never saw it.
+
+    A fitted policy is fitted - its recipe's choices included - on the other datasets (questions
+    shared with the left-out one dropped); a fixed rule needs no fit; a single signal's direction
+    is chosen on the other datasets. ``mean`` averages the per-dataset AUROCs.
+
+    Args:
+        table: both branches.
+        held: the cross-fitted predictions (the in-distribution AUROCs).
+        candidates: the policies to fit without each dataset.
+        calibration: calibration of the fits (it does not change a ranking; kept for parity).
+        folds: inner folds of each fit.
+        seed: split seed.
+    """
+    lab = table.labelled
+    names = list(dict.fromkeys(lab.datasets.tolist()))
+    skipped: dict[str, str] = {}
+    if len(names) < 2:
+        return LeaveOneDatasetOutAuroc(tuple(names), {}, {}, {"all": "one dataset only"})
+    y = lab.y
+    policies: dict[str, dict[str, UnseenAuroc]] = {}
+    for candidate in candidates:
+        in_dist = held.policies.get(candidate.name)
+        if in_dist is None or in_dist.score is None:
+            continue
+        per: dict[str, UnseenAuroc] = {}
+        for dataset in names:
+            train, test = _held_out_rows(table, dataset, candidate.rows)
+            if not test.any():
+                continue
+            inside = finite(auroc(y[test], in_dist.score[test]))
+            if isinstance(candidate, FixedCandidate):
+                per[dataset] = UnseenAuroc(finite(auroc(y[test], candidate.score[test])), inside)
+                continue
+            try:
+                inner = make_splits(y[train], lab.groups[train], n_splits=min(folds, 5), seed=seed)
+                fold = fit_fold(
+                    candidate.x[train],
+                    y[train],
+                    candidate.features,
+                    inner,
+                    calibration=calibration,
+                    learner=candidate.learner,
+                )
+            except (PolicyError, ValueError) as exc:
+                skipped[f"{candidate.name} without {dataset}"] = str(exc)
+                continue
+            unseen = fold.model.logits(candidate.x[test])
+            per[dataset] = UnseenAuroc(finite(auroc(y[test], unseen)), inside)
+        if per:
+            per["mean"] = UnseenAuroc(
+                _mean([u.unseen for u in per.values()]),
+                _mean([u.in_distribution for u in per.values()]),
+            )
+            policies[candidate.name] = per
+    signal_names = [
+        n
+        for n in lab.features
+        if family_stage(n)[0] in ("sparsity", "uncertainty") and np.ptp(lab.features[n]) > 0
+    ]
+    signals: dict[str, dict[str, UnseenAuroc]] = {n: {} for n in signal_names}
+    if signal_names:
+        x = lab.matrix(signal_names)
+        cross_fitted = held_out_signed(x, y, held.splits)
+        everywhere = np.ones(table.n, dtype=bool)
+        for dataset in names:
+            train, test = _held_out_rows(table, dataset, everywhere)
+            direction = np.where(column_aurocs(y[train], x[train]) < 0.5, -1.0, 1.0)
+            left_out = column_aurocs(y[test], x[test] * direction)
+            within = column_aurocs(y[test], cross_fitted[test])
+            for j, name in enumerate(signal_names):
+                signals[name][dataset] = UnseenAuroc(finite(left_out[j]), finite(within[j]))
+        for per in signals.values():
+            per["mean"] = UnseenAuroc(
+                _mean([u.unseen for u in per.values()]),
+                _mean([u.in_distribution for u in per.values()]),
+            )
+    return LeaveOneDatasetOutAuroc(tuple(names), policies, signals, skipped)

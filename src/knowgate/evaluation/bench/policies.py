@@ -1,13 +1,22 @@
 """The policies the benchmark compares, and each one's held-out predictions by cross-fitting.
 
 Every fitted policy is a :class:`PolicyCandidate` - a name, what it reads (a feature matrix and
-the stage it needs), where it is defined, its learner and any cost beyond the gate's own pass -
-produced by a *policy family* (a function of the table). :data:`POLICY_FAMILIES` lists them;
-adding a family to the benchmark is one function that yields candidates and one entry there. A
-family whose inputs are not closed-book features (sampled answers, hidden states for a probe)
-reads them from :attr:`BenchTable.extra <knowgate.evaluation.bench.table.BenchTable.extra>`,
-plugs its own learner in, and declares what it costs beyond the gate's pass
-(``extra_lm_calls``, ``extra_seconds``) so its LM calls and latency are honest.
+the stage it needs), where it is defined, its learner (or a recipe that chooses its inputs and
+regularisation by inner cross-validation on the training folds) and any cost beyond the gate's
+own pass - produced by a *policy family* (a function of the table). A method with a fixed rule
+and nothing to fit (FLARE's ``min_prob`` 0.2, self-routing at P(yes) 0.5) is a
+:class:`FixedCandidate`. :data:`POLICY_FAMILIES` lists the families; adding one to the benchmark
+is one function that yields candidates and one entry there. A family whose inputs are not
+closed-book features reads them from the table (:attr:`~knowgate.evaluation.bench.table.
+BenchTable.arrays`: hidden states; :attr:`~knowgate.evaluation.bench.table.BenchTable.peers`:
+sampled answers and the self-report prompt; ``extra``: anything else) and declares what it costs
+beyond the gate's pass (``extra_lm_calls``, ``extra_seconds``) so its LM calls and latency are
+honest.
+
+The families: ``fused`` (the calibration study's fused feature sets, each choosing feature group
+and ``C`` by inner CV), ``probe`` (hidden-state probes on the stored vectors, alone and stacked
+with the prefill signals), ``peers`` (the field's gates: TARG, FLARE, sampling consistency,
+self-routing), ``popularity`` and ``single`` (each model signal alone).
 
 :func:`held_out_policies` cross-fits every candidate on one set of outer folds
 (:mod:`knowgate.evaluation.cross_fitting`) and adds the baselines that need no fit: never,
@@ -20,6 +29,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -30,6 +40,7 @@ from knowgate.evaluation.both_branches import GateStage, Outcome, policy_outcome
 from knowgate.evaluation.cross_fitting import (
     FoldFit,
     Learner,
+    Recipe,
     Splits,
     cross_fit,
     inner_splits,
@@ -38,14 +49,36 @@ from knowgate.evaluation.cross_fitting import (
 )
 from knowgate.evaluation.labelled import standard_feature_sets
 from knowgate.evaluation.operating_rules import Rule
-from knowgate.signals import feature_specs
+from knowgate.policy.peers import (
+    FLARE_FEATURE,
+    FLARE_MIN_PROB,
+    SAMPLE_AGREEMENT,
+    SAMPLE_LEXICAL_SIMILARITY,
+    SELF_REPORT_P_YES,
+    TARG_ENTROPY,
+    TARG_MARGIN,
+)
+from knowgate.policy.selection import FeatureGroups, HiddenStateProbe, StackedProbe
+from knowgate.signals import feature_specs, vector_signal_name
 
 log = logging.getLogger(__name__)
 
 HEADLINE = "uncertainty+sparsity (prefill)"
 """The fused feature set of every model signal known before generation."""
+UNSELECTED_HEADLINE = f"{HEADLINE} [every feature, C=1]"
+"""The headline set without the inner-CV choice (the recipe before it): for comparison."""
 POPULARITY = "popularity (s_pop)"
 QUESTION_ONLY = "question-only"
+PROBE = "probe (hidden state)"
+PROBE_FUSED = "probe+uncertainty+sparsity (prefill)"
+TARG = "TARG margin (draft)"
+TARG_ENTROPY_POLICY = "TARG entropy (draft)"
+FLARE_FIXED = f"FLARE (min prob < {FLARE_MIN_PROB:g})"
+FLARE_CUT = "FLARE (min prob, cut by rule)"
+SAMPLING = "sampling consistency (agreement)"
+SAMPLING_LEXICAL = "sampling consistency (lexical)"
+SELF_ROUTING_FIXED = "self-routing (P(yes) < 0.5)"
+SELF_ROUTING_CUT = "self-routing (P(yes), cut by rule)"
 
 
 @dataclass(frozen=True)
@@ -59,7 +92,8 @@ class PolicyCandidate:
         features: names of the columns of ``x``.
         x: ``[n, k]`` inputs for every row of the table (any finite values where ``rows``).
         rows: where it is defined (popularity: PopQA rows only).
-        learner: fits its score model on a training fold.
+        learner: fits its score model on a training fold (a plain learner, or a recipe that
+            chooses its inputs on the fold's training rows).
         extra_lm_calls: LM calls per question beyond the gate's (e.g. sampled answers).
         extra_seconds: seconds per question beyond the measured stages (scalar or per row).
     """
@@ -68,14 +102,42 @@ class PolicyCandidate:
     family: str
     stage: GateStage
     features: tuple[str, ...]
-    x: NDArray[np.float64]
+    x: NDArray[Any]
     rows: NDArray[np.bool_]
-    learner: Learner = logistic_learner
+    learner: Learner | Recipe = logistic_learner
     extra_lm_calls: float = 0.0
     extra_seconds: float | NDArray[np.float64] = 0.0
 
 
-PolicyFamily = Callable[[BenchTable], Iterable[PolicyCandidate]]
+@dataclass(frozen=True)
+class FixedCandidate:
+    """A policy with a fixed rule: nothing to fit, the same decisions in every fold.
+
+    Attributes:
+        name: its name in reports.
+        family: its family.
+        stage: what it reads before deciding.
+        features: what it reads.
+        score: its ranking score (higher = more likely known), for AUROC and curves.
+        retrieve: its decision per row.
+        rows: where it is defined.
+        extra_lm_calls: LM calls per question beyond the gate's.
+        extra_seconds: seconds per question beyond the measured stages.
+    """
+
+    name: str
+    family: str
+    stage: GateStage
+    features: tuple[str, ...]
+    score: NDArray[np.float64]
+    retrieve: NDArray[np.bool_]
+    rows: NDArray[np.bool_]
+    extra_lm_calls: float = 0.0
+    extra_seconds: float | NDArray[np.float64] = 0.0
+
+
+Candidate = PolicyCandidate | FixedCandidate
+PolicyFamily = Callable[[BenchTable], Iterable[Candidate]]
 
 
 def _stage(names: Sequence[str]) -> GateStage:
@@ -84,13 +146,145 @@ def _stage(names: Sequence[str]) -> GateStage:
 
 
 def fused_sets(table: BenchTable) -> Iterator[PolicyCandidate]:
-    """The calibration study's fused feature sets (uncertainty, sparsity, question-only, ...)."""
+    """The calibration study's fused feature sets (uncertainty, sparsity, question-only, ...).
+
+    Each chooses its feature group (or a single feature) and ``C`` by inner CV on the training
+    folds (:class:`~knowgate.policy.selection.FeatureGroups`): the shipped recipe. The headline
+    set is also fitted the way it was before that choice (every feature, ``C`` = 1).
+    """
     lab = table.labelled
     everywhere = np.ones(table.n, dtype=bool)
     for name, names in standard_feature_sets(lab).items():
+        x = lab.matrix(names)
+        stage = _stage(names)
         yield PolicyCandidate(
-            name, "fused", _stage(names), tuple(names), lab.matrix(names), everywhere
+            name, "fused", stage, tuple(names), x, everywhere, learner=FeatureGroups()
         )
+        if name == HEADLINE:
+            yield PolicyCandidate(UNSELECTED_HEADLINE, "fused", stage, tuple(names), x, everywhere)
+
+
+def probe_sites(table: BenchTable) -> tuple[str, ...]:
+    """The vector signals stored for probes, in the column order of :func:`probe_matrix`."""
+    arrays = table.arrays
+    if arrays is None:
+        return ()
+    return tuple(
+        vector_signal_name(layer, position)
+        for layer in arrays.probe_layers
+        for position in arrays.positions
+    )
+
+
+def probe_matrix(table: BenchTable) -> NDArray[np.floating]:
+    """``[n, sites * d]`` stored hidden states, one block per vector signal (a view, float16)."""
+    assert table.arrays is not None
+    hidden = table.arrays.probe_hidden
+    return hidden.reshape(hidden.shape[0], -1)
+
+
+def probes(table: BenchTable) -> Iterator[PolicyCandidate]:
+    """Hidden-state probes on the gate's own prefill (no extra pass): alone, and stacked.
+
+    The probe (Probing-RAG, Baek et al. 2025; Ji et al. 2024; HALT) chooses its layer, position
+    and ``C`` by inner CV on the training folds; the stacked probe also combines its logit with
+    the prefill's uncertainty and sparsity signals (groups and ``C`` chosen alike).
+    """
+    sites = probe_sites(table)
+    if not sites:
+        return
+    everywhere = np.ones(table.n, dtype=bool)
+    x = probe_matrix(table)
+    yield PolicyCandidate(
+        PROBE, "probe", "prefill", sites, x, everywhere, learner=HiddenStateProbe()
+    )
+    lab = table.labelled
+    scalars = standard_feature_sets(lab).get(HEADLINE, [])
+    if scalars:
+        stacked = np.concatenate(
+            [x.astype(np.float32), lab.matrix(scalars).astype(np.float32)], axis=1
+        )
+        yield PolicyCandidate(
+            PROBE_FUSED,
+            "probe",
+            "prefill",
+            (*sites, *scalars),
+            stacked,
+            everywhere,
+            learner=StackedProbe(),
+        )
+
+
+def peers(table: BenchTable) -> Iterator[Candidate]:
+    """The field's gates, on the questions their data exist for (see :mod:`knowgate.policy.peers`).
+
+    Each calibrated variant is a one-signal policy cross-fitted like the rest (its cut chosen by
+    the same operating rule on training folds); FLARE's ``min_prob`` 0.2 and self-routing's
+    P(yes) 0.5 are also scored as the fixed rules their implementations ship.
+    """
+    lab = table.labelled
+    everywhere = np.ones(table.n, dtype=bool)
+    for name, feature in ((TARG, TARG_MARGIN), (TARG_ENTROPY_POLICY, TARG_ENTROPY)):
+        if feature in lab.features:
+            values = lab.features[feature][:, None]
+            yield PolicyCandidate(name, "peer", "draft", (feature,), values, everywhere)
+    if FLARE_FEATURE in lab.features:
+        min_prob = lab.features[FLARE_FEATURE]
+        yield FixedCandidate(
+            FLARE_FIXED,
+            "peer",
+            "draft",
+            (FLARE_FEATURE,),
+            min_prob,
+            min_prob < FLARE_MIN_PROB,
+            everywhere,
+        )
+        yield PolicyCandidate(
+            FLARE_CUT, "peer", "draft", (FLARE_FEATURE,), min_prob[:, None], everywhere
+        )
+    signals = table.peers
+    if signals is None or not signals.rows.any():
+        return
+    rows = signals.rows
+    sampled = np.where(rows, signals.sample_seconds, 0.0)
+    reported = np.where(rows, signals.self_report_seconds, 0.0)
+    for name, feature in (
+        (SAMPLING, SAMPLE_AGREEMENT),
+        (SAMPLING_LEXICAL, SAMPLE_LEXICAL_SIMILARITY),
+    ):
+        values = np.where(rows, signals.features[feature], 0.0)
+        yield PolicyCandidate(
+            name,
+            "peer",
+            "draft",
+            (feature,),
+            values[:, None],
+            rows,
+            extra_lm_calls=float(signals.samples),
+            extra_seconds=sampled,
+        )
+    p_yes = np.where(rows, signals.features[SELF_REPORT_P_YES], 0.0)
+    yield FixedCandidate(
+        SELF_ROUTING_FIXED,
+        "peer",
+        "none",
+        (SELF_REPORT_P_YES,),
+        p_yes,
+        p_yes < 0.5,
+        rows,
+        extra_lm_calls=1.0,
+        extra_seconds=reported,
+    )
+    yield PolicyCandidate(
+        SELF_ROUTING_CUT,
+        "peer",
+        "none",
+        (SELF_REPORT_P_YES,),
+        p_yes[:, None],
+        rows,
+        extra_lm_calls=1.0,
+        extra_seconds=reported,
+    )
 
 
 def popularity(table: BenchTable) -> Iterator[PolicyCandidate]:
@@ -117,6 +311,8 @@ def single_features(table: BenchTable) -> Iterator[PolicyCandidate]:
 
 POLICY_FAMILIES: dict[str, PolicyFamily] = {
     "fused": fused_sets,
+    "probe": probes,
+    "peers": peers,
     "popularity": popularity,
     "single": single_features,
 }
@@ -135,10 +331,13 @@ class HeldOutPolicy:
         features: the features it reads.
         rows: where it is defined.
         score: ranking score, higher = more likely known (the learner's own probability for
-            fitted policies; the label for the oracle); NaN outside ``rows``.
-        p_known: calibrated held-out p(known) (NaN outside ``rows``); ``None`` for baselines.
+            fitted policies; the raw signal of a fixed rule; the label for the oracle); NaN
+            outside ``rows``.
+        p_known: calibrated held-out p(known) (NaN outside ``rows``); ``None`` for baselines
+            and fixed rules.
         folds: per-fold fits of fitted policies.
-        fixed_retrieve: the decisions of a policy without a threshold (never, always, oracle).
+        fixed_retrieve: the decisions of a policy without a fitted threshold (never, always,
+            oracle, fixed rules).
         extra_lm_calls: LM calls per question beyond the gate's.
         extra_seconds: seconds per question beyond the measured stages.
     """
@@ -159,6 +358,11 @@ class HeldOutPolicy:
     def fitted(self) -> bool:
         """Whether the policy has a threshold chosen per fold."""
         return bool(self.folds)
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        """What the recipe chose in each outer fold (empty for plain learners)."""
+        return tuple(f.choice.label for f in self.folds if f.choice is not None)
 
     def decide(self, rule: Rule, table: BenchTable) -> tuple[NDArray[np.bool_], list[float]]:
         """Held-out retrieve decisions, the cut of each fold chosen on its training rows only.
@@ -271,7 +475,24 @@ def cross_fit_candidate(
     )
 
 
-def candidates(table: BenchTable, families: Sequence[str]) -> list[PolicyCandidate]:
+def fixed_policy(candidate: FixedCandidate) -> HeldOutPolicy:
+    """A fixed rule's decisions and score (nothing is fitted)."""
+    score = np.where(candidate.rows, candidate.score, np.nan)
+    return HeldOutPolicy(
+        candidate.name,
+        candidate.family,
+        candidate.stage,
+        candidate.features,
+        candidate.rows,
+        score,
+        None,
+        fixed_retrieve=np.where(candidate.rows, candidate.retrieve, True),
+        extra_lm_calls=candidate.extra_lm_calls,
+        extra_seconds=candidate.extra_seconds,
+    )
+
+
+def candidates(table: BenchTable, families: Sequence[str]) -> list[Candidate]:
     """Every candidate of the named families, in family order.
 
     Raises:
@@ -291,8 +512,11 @@ def held_out_policies(
     seed: int = 0,
     families: Sequence[str] = tuple(POLICY_FAMILIES),
     progress: bool = False,
+    jobs: Sequence[Candidate] | None = None,
 ) -> HeldOutSet:
     """Cross-fit every policy the benchmark compares, on one set of outer folds.
+
+    ``jobs`` are the candidates when already built (:func:`candidates` of ``families``).
 
     Raises:
         PolicyError: too few correct (or wrong) closed-book answers to cross-validate at all.
@@ -307,8 +531,11 @@ def held_out_policies(
     skipped: dict[str, str] = {}
     if "popularity" in families and not np.isfinite(lab.popularity).any():
         skipped[POPULARITY] = "no question has PopQA popularity (s_pop)"
-    jobs = candidates(table, families)
+    jobs = list(jobs) if jobs is not None else candidates(table, families)
     for candidate in tqdm(jobs, desc="cross-fitting policies", unit="policy", disable=not progress):
+        if isinstance(candidate, FixedCandidate):
+            out[candidate.name] = fixed_policy(candidate)
+            continue
         try:
             out[candidate.name] = cross_fit_candidate(
                 candidate,

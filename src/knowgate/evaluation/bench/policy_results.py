@@ -80,12 +80,16 @@ def skip_quality(
 def ranking_metrics(
     policy: HeldOutPolicy, table: BenchTable, n_boot: int, seed: int
 ) -> RankingMetrics | None:
-    """AUROC (pooled, within relation, within dataset), ECE and Brier of the held-out scores."""
-    if policy.score is None or policy.p_known is None:
+    """AUROC (pooled, within relation, within dataset), ECE and Brier of the held-out scores.
+
+    A fixed rule (a score but no calibrated probability) gets its AUROCs, no ECE or Brier.
+    """
+    if policy.score is None:
         return None
     lab = table.labelled
     rows = policy.rows
-    y, s, p = lab.y[rows], policy.score[rows], policy.p_known[rows]
+    y, s = lab.y[rows], policy.score[rows]
+    p = None if policy.p_known is None else policy.p_known[rows]
     rel = rows & (lab.relations != "")
     ci = None
     if n_boot and policy.family != "oracle":
@@ -100,8 +104,8 @@ def ranking_metrics(
         if rel.any()
         else None,
         auroc_within_dataset=finite(stratified_auroc(y, s, lab.datasets[rows]).auroc),
-        ece=finite(expected_calibration_error(y, p)),
-        brier=finite(brier_score(y, p)),
+        ece=None if p is None else finite(expected_calibration_error(y, p)),
+        brier=None if p is None else finite(brier_score(y, p)),
     )
 
 
@@ -203,12 +207,17 @@ def evaluate_decisions(
                 group.retrieval_rate,
                 finite(auroc(table.cb_correct[m], policy.score[m])),
             )
+    extra = policy.extra_seconds
+    extra_mean = float(np.mean(extra[rows])) if isinstance(extra, np.ndarray) else float(extra)
     return PolicyResult(
         **{
             **result.__dict__,
             "thresholds_per_fold": tuple(thresholds or ()),
             "ranking": ranking_metrics(policy, table, n_boot, seed),
             "per_dataset": per,
+            "choices_per_fold": policy.choices,
+            "extra_lm_calls": policy.extra_lm_calls,
+            "extra_seconds": extra_mean,
         }
     )
 

@@ -20,10 +20,14 @@ from knowgate.evaluation.bench.summary import (
     BenchmarkSummary,
     CurveSummary,
     CurveTargets,
+    FieldComparison,
     GroupOutcome,
+    LayerStudy,
     LeaveOneDatasetOut,
+    LeaveOneDatasetOutAuroc,
     NullCheck,
     PolicyResult,
+    UnseenAuroc,
 )
 from knowgate.evaluation.labelled import PLOTTED_SETS
 from knowgate.evaluation.metrics import ECE_BINS, reliability_bins
@@ -286,6 +290,239 @@ def _lodo_section(lodo: LeaveOneDatasetOut | None) -> list[str]:
     return out
 
 
+FIELD_HEADERS = [
+    "method",
+    "group",
+    "stage",
+    "LMC",
+    "RC",
+    "In-Acc [95% CI]",
+    "AUROC [95% CI]",
+    "AUROC within rel. [95% CI]",
+    "AUROC within dataset [95% CI]",
+    "skip recall [95% CI]",
+    "skip precision [95% CI]",
+    "s/question",
+    "extra calls s/q",
+    "s/q minus always",
+]
+
+
+def _field_section(f: FieldComparison | None) -> list[str]:
+    if f is None:
+        return []
+    order = {"knowgate": 0, "peer": 1, "baseline": 2}
+    rows = sorted(f.rows.values(), key=lambda r: (order.get(r.group, 3), r.method))
+    sizes = ", ".join(f"{d} {n}" for d, n in f.datasets.items())
+    out = [
+        "## The gate against the field (AdaRAGUE-style, same questions)",
+        "",
+        f"{f.n} questions every method has ({sizes}); every method's held-out decisions at the "
+        f"operating rule **{f.operating_rule}** (each cut chosen on its own training folds). "
+        "*LMC*: LM calls per question (a single-pass gate: 1 + RC); *RC*: retrieval calls per "
+        "question; *extra calls s/q*: the method's own extra model calls (sampled answers, the "
+        "self-report prompt), measured in the peers branch; *s/q minus always*: its mean wall "
+        "time minus plain RAG's on the same questions.",
+        "",
+        md_table(
+            FIELD_HEADERS,
+            [
+                [
+                    f"**{r.method}**" if r.method == f.best_single_pass else r.method,
+                    r.group,
+                    r.stage,
+                    r.lm_calls,
+                    r.retrieval_calls,
+                    fmt_interval(r.accuracy),
+                    fmt_interval(r.auroc),
+                    fmt_interval(r.auroc_within_relation),
+                    fmt_interval(r.auroc_within_dataset),
+                    fmt_interval(r.skip_recall),
+                    fmt_interval(r.skip_precision),
+                    r.mean_seconds,
+                    r.extra_seconds,
+                    fmt(r.seconds_minus_always, 4),
+                ]
+                for r in rows
+            ],
+        ),
+        "",
+    ]
+    if f.best_single_pass:
+        out += [
+            f"In bold: **{f.best_single_pass}**, the knowgate policy without extra LM calls "
+            "with the highest held-out AUROC here - picked after the fact on these numbers, so "
+            "the comparisons below cover every pre-declared knowgate policy, not just it.",
+            "",
+        ]
+    if f.versus:
+        out += [
+            "### Each knowgate policy against each peer (paired bootstrap, same questions)",
+            "",
+            "*AUROC diff*: knowgate minus peer. *accuracy at equal rate*: mean accuracy "
+            "difference between the two accuracy-vs-retrieval-rate curves (rates 0.01-0.99; "
+            "and >= 0.8). Verdict: *above* / *below* when the interval excludes 0, else "
+            "*matches*.",
+            "",
+            md_table(
+                [
+                    "knowgate",
+                    "peer",
+                    "AUROC diff [95% CI]",
+                    "verdict",
+                    "accuracy at equal rate [95% CI]",
+                    "verdict",
+                    "rates >= 0.8 [95% CI]",
+                ],
+                [
+                    [
+                        v.knowgate,
+                        v.peer,
+                        fmt_interval(v.auroc_difference, signed=True),
+                        v.auroc_verdict,
+                        fmt_interval(v.curve_difference, 4, signed=True),
+                        v.accuracy_verdict,
+                        fmt_interval(v.curve_difference_high_rates, 4, signed=True),
+                    ]
+                    for v in f.versus
+                ],
+            ),
+            "",
+        ]
+    if f.above_random_at_every_rate:
+        out += [
+            "Curve strictly above random gating at every retrieval rate 0.01-0.99 on these "
+            "questions: "
+            + ", ".join(f"{k} {fmt(v)}" for k, v in f.above_random_at_every_rate.items())
+            + ". Curves: `curves_field.png`.",
+            "",
+        ]
+    if f.not_in_table:
+        out += [
+            "Not in the table: " + "; ".join(f"{k} ({v})" for k, v in f.not_in_table.items()),
+            "",
+        ]
+    return out
+
+
+def _choices_section(s: BenchmarkSummary) -> list[str]:
+    chosen = {k: p.choices_per_fold for k, p in s.policies.items() if p.choices_per_fold}
+    if not chosen:
+        return []
+    return [
+        "## What each recipe chose (inner CV on each outer fold's training rows)",
+        "",
+        md_table(
+            ["policy", "choice per outer fold"],
+            [[k, "; ".join(v)] for k, v in chosen.items()],
+        ),
+        "",
+    ]
+
+
+def best_sparsity_by_layer(layers: LayerStudy) -> dict[str, list[float | None]]:
+    """Per position and block, the best sparsity metric's AUROC."""
+    out: dict[str, list[float | None]] = {}
+    for position in layers.positions:
+        row: list[float | None] = []
+        for k in range(len(layers.sparsity_layers)):
+            values = [
+                value
+                for v in layers.sparsity_auroc.values()
+                if (value := v[position][k]) is not None
+            ]
+            row.append(max(values) if values else None)
+        out[position] = row
+    return out
+
+
+def _layers_section(layers: LayerStudy | None) -> list[str]:
+    if layers is None:
+        return []
+    out = [
+        "## Where the signal lives: AUROC by layer and position",
+        "",
+        "*prompt_end* is the last prompt token (a template token for chat prompts); "
+        "*question_end* the question's last token; *question_mean* the mean over its tokens. "
+        "Sparsity: per block, the best metric's held-out AUROC (direction chosen per outer "
+        "fold on training rows). Probe: out-of-fold AUROC on each outer fold's training rows "
+        f"at C={fmt(layers.probe_c)}, averaged over outer folds. `layers.png`.",
+        "",
+    ]
+    if layers.probe_auroc:
+        out += [
+            md_table(
+                ["probe at", *[f"block {b}" for b in layers.probe_layers]],
+                [[p, *row] for p, row in layers.probe_auroc.items()],
+            ),
+            "",
+        ]
+    best_by_layer = [[p, *row] for p, row in best_sparsity_by_layer(layers).items()]
+    shown = list(range(0, len(layers.sparsity_layers), max(1, len(layers.sparsity_layers) // 10)))
+    shown = sorted(set(shown) | {len(layers.sparsity_layers) - 1})
+    out += [
+        md_table(
+            ["best sparsity at", *[f"block {layers.sparsity_layers[k]}" for k in shown]],
+            [[r[0], *[r[1 + k] for k in shown]] for r in best_by_layer],
+        ),
+        "",
+        "Best per position: "
+        + "; ".join(
+            f"{p}: sparsity {m} at block {b} ({fmt(v)})"
+            + (
+                f", probe at block {layers.best_probe[p][0]} ({fmt(layers.best_probe[p][1])})"
+                if p in layers.best_probe
+                else ""
+            )
+            for p, (m, b, v) in layers.best_sparsity.items()
+        )
+        + ".",
+        "",
+    ]
+    return out
+
+
+def _lodo_auroc_section(lodo: LeaveOneDatasetOutAuroc | None, top: int = 15) -> list[str]:
+    if lodo is None or (not lodo.policies and not lodo.signals):
+        return []
+    columns = [*lodo.datasets, "mean"]
+
+    def cells(per: Mapping[str, UnseenAuroc]) -> list[str]:
+        out = []
+        for d in columns:
+            u = per.get(d)
+            out.append("-" if u is None else f"{fmt(u.unseen)} ({fmt(u.in_distribution)})")
+        return out
+
+    signals = sorted(
+        lodo.signals.items(),
+        key=lambda kv: -((kv[1].get("mean") and kv[1]["mean"].unseen) or 0.0),
+    )[:top]
+    out = [
+        "## Does the ranking hold on unseen datasets? (leave one dataset out, AUROC)",
+        "",
+        "Each cell: AUROC on that dataset when fitted (or the direction chosen) on the other "
+        "datasets only, and in brackets the cross-fitted in-distribution AUROC on the same "
+        "questions. *mean*: over datasets.",
+        "",
+    ]
+    if lodo.policies:
+        out += [
+            md_table(["policy", *columns], [[k, *cells(v)] for k, v in lodo.policies.items()]),
+            "",
+        ]
+    if signals:
+        out += [
+            f"Single signals, the {top} with the best mean unseen AUROC (all in `results.json`):",
+            "",
+            md_table(["signal", *columns], [[f"`{k}`", *cells(v)] for k, v in signals]),
+            "",
+        ]
+    if lodo.skipped:
+        out += ["Not scored: " + "; ".join(f"{k} ({v})" for k, v in lodo.skipped.items()), ""]
+    return out
+
+
 def _null_section(null: NullCheck | None) -> list[str]:
     if null is None:
         return []
@@ -516,8 +753,12 @@ def render_markdown(summary: BenchmarkSummary) -> str:
     out = (
         _header(s)
         + _branches_section(s)
+        + _field_section(s.field_comparison)
         + _policies_section(s)
+        + _choices_section(s)
         + _lodo_section(s.leave_one_dataset_out)
+        + _lodo_auroc_section(s.leave_one_dataset_out_auroc)
+        + _layers_section(s.layers)
     )
     out += _null_section(s.null_check)
     out += _curve_section(s, s.curves, "0.01-0.99")
@@ -581,6 +822,72 @@ def _plot_curves(result: BenchmarkResult, out_dir: Path) -> list[str]:
         plt.close(fig)
         written.append(fname)
     return written
+
+
+def _plot_field(result: BenchmarkResult, out_dir: Path) -> list[str]:
+    field = result.summary.field_comparison
+    curves = result.field_curves
+    if field is None or not curves:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    group = {k: r.group for k, r in field.rows.items()}
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+    for ax, lo in zip(axes, (0.0, 0.7), strict=True):
+        grid = result.grid
+        keep = grid >= lo
+        ax.plot(grid[keep], curves["random"][keep], "k:", lw=1.4, label="random gating")
+        if "oracle" in curves:
+            ax.plot(grid[keep], curves["oracle"][keep], color="0.6", lw=1, label="oracle")
+        for name, curve in curves.items():
+            if name in ("random", "oracle") or group.get(name) == "baseline":
+                continue
+            knowgate = group.get(name) == "knowgate"
+            lw = 2.2 if name == field.best_single_pass else (1.4 if knowgate else 1.0)
+            ax.plot(grid[keep], curve[keep], "-" if knowgate else "--", lw=lw, label=name)
+        ax.set_xlabel("retrieval rate (RC)")
+        ax.set_ylabel("In-Accuracy")
+        ax.grid(alpha=0.3)
+    axes[0].set_title(
+        f"{result.summary.model_id}: knowgate (solid) vs the field (dashed), {field.n} questions"
+    )
+    axes[1].set_title("zoom: retrieval rate >= 0.7")
+    axes[1].legend(fontsize=6.5, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out_dir / "curves_field.png", dpi=110)
+    plt.close(fig)
+    return ["curves_field.png"]
+
+
+def _plot_layers(result: BenchmarkResult, out_dir: Path) -> list[str]:
+    layers = result.summary.layers
+    if layers is None:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for position, row in best_sparsity_by_layer(layers).items():
+        best = [np.nan if v is None else v for v in row]
+        ax.plot(layers.sparsity_layers, best, "--", label=f"best sparsity metric, {position}")
+        if layers.probe_auroc and position in layers.probe_auroc:
+            probe = [np.nan if v is None else v for v in layers.probe_auroc[position]]
+            ax.plot(layers.probe_layers, probe, "o-", label=f"probe, {position}")
+    ax.axhline(0.5, color="k", lw=0.8, ls=":")
+    ax.set_xlabel("decoder block")
+    ax.set_ylabel("held-out AUROC (closed-book correct)")
+    ax.set_title(f"{result.summary.model_id}: where the signal lives")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_dir / "layers.png", dpi=110)
+    plt.close(fig)
+    return ["layers.png"]
 
 
 def _plot_reliability(result: BenchmarkResult, out_dir: Path) -> list[str]:
@@ -657,6 +964,8 @@ def write_report(result: BenchmarkResult, out_dir: Path) -> list[Path]:
     atomic_write_text(out_dir / "curves.csv", curves_csv(result))
     names = ["results.json", "summary.md", "curves.csv"]
     names += _plot_curves(result, out_dir)
+    names += _plot_field(result, out_dir)
+    names += _plot_layers(result, out_dir)
     names += _plot_reliability(result, out_dir)
     names += _plot_popqa(result, out_dir)
     return [out_dir / n for n in names]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,14 +28,22 @@ from knowgate.evaluation.bench.curves import (
     random_curve,
     rate_grid,
 )
-from knowgate.evaluation.bench.leave_one_dataset_out import leave_one_dataset_out, recipe_for
+from knowgate.evaluation.bench.field import COMPARED, field_comparison
+from knowgate.evaluation.bench.layers import layer_study
+from knowgate.evaluation.bench.leave_one_dataset_out import (
+    leave_one_dataset_out,
+    leave_one_dataset_out_auroc,
+    recipe_for,
+)
 from knowgate.evaluation.bench.null_check import null_check
 from knowgate.evaluation.bench.policies import (
     HEADLINE,
     POLICY_FAMILIES,
     POPULARITY,
     QUESTION_ONLY,
+    UNSELECTED_HEADLINE,
     HeldOutSet,
+    PolicyCandidate,
     candidates,
     held_out_policies,
 )
@@ -59,7 +67,12 @@ from knowgate.evaluation.bench.summary import (
     Targets,
 )
 from knowgate.evaluation.bench.table import BenchTable, build_bench_table
-from knowgate.evaluation.branches.closed_book import run_closed_book
+from knowgate.evaluation.branches.closed_book import (
+    ClosedBookArrays,
+    closed_book_arrays,
+    run_closed_book,
+)
+from knowgate.evaluation.branches.peers import PeerRecord, run_peer_signals
 from knowgate.evaluation.branches.retrieval import RetrievalBranch
 from knowgate.evaluation.branches.timing import (
     DEFAULT_SAMPLE,
@@ -69,7 +82,8 @@ from knowgate.evaluation.branches.timing import (
 from knowgate.evaluation.datasets import QADataset
 from knowgate.evaluation.operating_rules import DEFAULT_RULE, RULES, fit_break_even
 from knowgate.evaluation.reporting import Interval
-from knowgate.evaluation.sampling import ids_digest
+from knowgate.evaluation.sampling import ids_digest, sample_dataset
+from knowgate.models.remote import RemoteModel
 
 if TYPE_CHECKING:
     from knowgate.models import LanguageModel
@@ -103,6 +117,7 @@ class BenchmarkResult:
         curves: policy -> accuracy at each rate of ``grid`` (all rows).
         popqa_curves: the same on PopQA rows (popularity is defined only there).
         grid: retrieval rates of the curves.
+        field_curves: the field comparison's curves, on the questions every method has.
     """
 
     summary: BenchmarkSummary
@@ -111,10 +126,11 @@ class BenchmarkResult:
     curves: dict[str, NDArray[np.float64]]
     popqa_curves: dict[str, NDArray[np.float64]] = field(default_factory=dict)
     grid: NDArray[np.float64] = field(default_factory=rate_grid)
+    field_curves: dict[str, NDArray[np.float64]] = field(default_factory=dict)
 
 
 def run_branches(
-    lm: LanguageModel,
+    lm: LanguageModel | RemoteModel,
     datasets: Sequence[QADataset],
     knowledge_base: Any,
     *,
@@ -124,9 +140,13 @@ def run_branches(
     retrieval_cache: Path | None = None,
     batch_size: int | None = None,
     timing_sample: int = DEFAULT_SAMPLE,
+    peers: bool = True,
+    peer_sample: Mapping[str, int] | None = None,
+    peer_seed: int = 0,
+    peer_cache: Path | None = None,
     progress: bool = True,
 ) -> tuple[BenchTable, dict[str, float], dict[str, ClosedBookTiming]]:
-    """Both branches of every question (cached and resumable).
+    """Both branches of every question (cached and resumable), and the peers' extra calls.
 
     Args:
         lm: the model.
@@ -138,8 +158,18 @@ def run_branches(
         retrieval_cache: retrieval-branch cache root.
         batch_size: prompts per forward pass.
         timing_sample: questions per dataset whose closed-book stages are re-timed now (0 = keep
-            the cached times as they are, and count no signal time).
+            the cached times as they are, and count no signal time). A served model is not
+            re-timed: its cached draft times are used as they are (its server, not this
+            machine, sets them).
+        peers: also run the peers branch (sampled answers, the self-report prompt).
+        peer_sample: dataset name -> run the peers on a seeded sample of that many of its
+            questions (the peers' K samples are the costly part); others run on every question.
+        peer_seed: seed of ``peer_sample``.
+        peer_cache: peers-branch cache root.
         progress: progress bars.
+
+    The closed-book cache's stored arrays (hidden states, per-layer sparsity) are loaded when
+    every dataset's cache has them; otherwise the probes and the layer study are skipped.
 
     Returns:
         ``(table, seconds each phase took, closed-book re-timing per dataset)``.
@@ -148,6 +178,8 @@ def run_branches(
         raise DataError("no datasets to benchmark")
     retrieval = RetrievalBranch(lm, knowledge_base, knowledge_base_dir=knowledge_base_dir, k=k)
     cb_records, rag_records = [], []
+    peer_records: list[PeerRecord] = []
+    arrays: list[ClosedBookArrays] | None = []
     seconds: dict[str, float] = {}
     timings: dict[str, ClosedBookTiming] = {}
     for ds in datasets:
@@ -156,17 +188,40 @@ def run_branches(
             lm, ds, cache_dir=closed_book_cache, batch_size=batch_size, progress=progress
         )
         cb_records.extend(records)
+        if arrays is not None:
+            try:
+                arrays.append(closed_book_arrays(lm, ds, closed_book_cache))
+            except DataError as exc:
+                log.warning("no stored hidden states for %s (%s): probes skipped", ds.name, exc)
+                arrays = None
         seconds[f"closed_book/{ds.name}"] = round(time.perf_counter() - start, 1)
         start = time.perf_counter()
         rag_records.extend(
             retrieval.run(ds, cache_dir=retrieval_cache, batch_size=batch_size, progress=progress)
         )
         seconds[f"retrieval/{ds.name}"] = round(time.perf_counter() - start, 1)
-        if timing_sample:
+        if peers and not isinstance(lm, RemoteModel):  # a served model: no peers branch
+            start = time.perf_counter()
+            size = (peer_sample or {}).get(ds.name)
+            subset = sample_dataset(ds, size, seed=peer_seed) if size else ds
+            peer_records.extend(
+                run_peer_signals(
+                    lm, subset, cache_dir=peer_cache, batch_size=batch_size, progress=progress
+                )
+            )
+            seconds[f"peers/{ds.name}"] = round(time.perf_counter() - start, 1)
+        if timing_sample and not isinstance(lm, RemoteModel):
             timings[ds.name] = time_closed_book_stages(
                 lm, records, sample=timing_sample, batch_size=batch_size
             )
-    table = build_bench_table(cb_records, rag_records, model_id=lm.model_id, timings=timings)
+    table = build_bench_table(
+        cb_records,
+        rag_records,
+        model_id=lm.model_id,
+        timings=timings,
+        arrays=ClosedBookArrays.concatenate(arrays) if arrays else None,
+        peers=peer_records if peers else None,
+    )
     return table, seconds, timings
 
 
@@ -333,6 +388,7 @@ def evaluate_benchmark(
     families: Sequence[str] | None = None,
     lodo: bool = True,
     null: bool = True,
+    field_table: bool = True,
     progress: bool = False,
 ) -> BenchmarkResult:
     """Cross-fit and score every policy on cached branches (no model needed).
@@ -347,15 +403,25 @@ def evaluate_benchmark(
         singles: also score each model feature alone.
         families: the policy families to fit (default: every one; ``singles=False`` drops
             ``single``).
-        lodo: score the shipped recipe leave-one-dataset-out.
+        lodo: score the shipped recipe leave-one-dataset-out, and every main policy's and
+            signal's AUROC on each dataset fitted without it.
         null: run the null check (main policies on permuted labels).
+        field_table: compare knowgate's policies with the field's methods (AdaRAGUE-style
+            table; needs the peers' policies).
         progress: progress bar over the policy fits.
     """
     chosen = list(families if families is not None else POLICY_FAMILIES)
     if not singles:
         chosen = [f for f in chosen if f != "single"]
+    jobs = candidates(table, chosen)
     held = held_out_policies(
-        table, folds=folds, calibration=calibration, seed=seed, families=chosen, progress=progress
+        table,
+        folds=folds,
+        calibration=calibration,
+        seed=seed,
+        families=chosen,
+        progress=progress,
+        jobs=jobs,
     )
     rule = RULES[DEFAULT_RULE]
     decisions: dict[str, NDArray[np.bool_]] = {}
@@ -393,7 +459,21 @@ def evaluate_benchmark(
     shown = [p for p in ("never", "always", "oracle", HEADLINE, POPULARITY) if p in decisions]
     all_rates = _curve_summary(curves, HEADLINE)
     high_rates = _curve_summary(curves, HEADLINE, low=HIGH_RATES)
-    main = [c for c in candidates(table, [f for f in chosen if f != "single"])]
+    main = [c for c in jobs if c.family != "single" and isinstance(c, PolicyCandidate)]
+    field_summary, field_curves = (
+        field_comparison(
+            table, held, decisions, operating_rule=DEFAULT_RULE, n_boot=bootstrap, seed=seed
+        )
+        if field_table
+        else (None, {})
+    )
+    unseen_targets = {*COMPARED, UNSELECTED_HEADLINE, QUESTION_ONLY}
+    lodo_jobs = [
+        c
+        for c in jobs
+        if c.name in held.policies
+        and (c.name in unseen_targets or c.family in ("peer", "popularity"))
+    ]
     summary = BenchmarkSummary(
         model_id=table.model_id,
         n_questions=table.n,
@@ -433,8 +513,17 @@ def evaluate_benchmark(
         null_check=null_check(table, main, folds=folds, calibration=calibration, seed=seed)
         if null and main
         else None,
+        field_comparison=field_summary,
+        layers=layer_study(table, held),
+        leave_one_dataset_out_auroc=leave_one_dataset_out_auroc(
+            table, held, lodo_jobs, calibration=calibration, folds=folds, seed=seed
+        )
+        if lodo
+        else None,
     )
-    return BenchmarkResult(summary, table, held, curves, popqa_curves, rate_grid())
+    return BenchmarkResult(
+        summary, table, held, curves, popqa_curves, rate_grid(), field_curves=field_curves
+    )
 
 
 def dataset_record(datasets: Sequence[QADataset]) -> list[dict[str, Any]]:

@@ -81,6 +81,12 @@ class PolicyResult:
         thresholds_per_fold: the cut each outer fold chose on its training rows.
         ranking: ranking and calibration of its score (``None`` without a score).
         per_dataset: accuracy, retrieval rate and AUROC per dataset.
+        choices_per_fold: what its recipe chose by inner CV on each outer fold's training rows
+            (feature group and ``C``; a probe's vector signal and ``C``).
+        extra_lm_calls: LM calls per question beyond the gate's (sampled answers, a second
+            prompt).
+        extra_seconds: mean seconds per question those extra calls cost (measured in the
+            peers branch).
     """
 
     name: str
@@ -102,6 +108,9 @@ class PolicyResult:
     thresholds_per_fold: tuple[float, ...] = ()
     ranking: RankingMetrics | None = None
     per_dataset: dict[str, GroupOutcome] = field(default_factory=dict)
+    choices_per_fold: tuple[str, ...] = ()
+    extra_lm_calls: float = 0.0
+    extra_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -384,6 +393,157 @@ class PopQABreakdowns:
 
 
 @dataclass(frozen=True)
+class FieldRow:
+    """One method in the AdaRAGUE-style table, on the rows every method has.
+
+    Attributes:
+        method: the policy.
+        group: ``knowgate``, ``peer`` or ``baseline``.
+        stage: what it reads before deciding.
+        n: questions.
+        accuracy: In-Accuracy with a bootstrap interval.
+        retrieval_calls: RC, retriever calls per question.
+        lm_calls: LMC, LM calls per question (a single-pass gate: 1 + RC).
+        auroc: pooled AUROC of its score (bootstrap interval).
+        auroc_within_relation: over pairs within a PopQA relation (bootstrap interval).
+        auroc_within_dataset: over pairs within a dataset (bootstrap interval).
+        skip_recall: share of the closed-book-correct questions it skips (Wilson).
+        skip_precision: share of its skips that are closed-book-correct (Wilson).
+        mean_seconds: mean wall time per question as served.
+        extra_seconds: mean seconds of its own extra model calls per question.
+        seconds_minus_always: its mean wall time minus plain RAG's, same questions.
+        choices_per_fold: what its recipe chose per outer fold.
+    """
+
+    method: str
+    group: str
+    stage: str
+    n: int
+    accuracy: Interval
+    retrieval_calls: float
+    lm_calls: float
+    auroc: Interval | None
+    auroc_within_relation: Interval | None
+    auroc_within_dataset: Interval | None
+    skip_recall: Interval
+    skip_precision: Interval | None
+    mean_seconds: float
+    extra_seconds: float
+    seconds_minus_always: float
+    choices_per_fold: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Versus:
+    """A knowgate policy against a peer on the same questions (paired bootstrap intervals).
+
+    Attributes:
+        knowgate: the knowgate policy.
+        peer: the peer.
+        auroc_difference: knowgate minus peer AUROC.
+        curve_difference: mean accuracy difference between their accuracy-vs-retrieval-rate
+            curves over rates 0.01-0.99 (accuracy at equal retrieval rate, averaged).
+        curve_difference_high_rates: the same over rates >= 0.8.
+        auroc_verdict: ``above`` (interval above 0), ``below`` (under 0) or ``matches``.
+        accuracy_verdict: the same for ``curve_difference``.
+    """
+
+    knowgate: str
+    peer: str
+    auroc_difference: Interval
+    curve_difference: Interval
+    curve_difference_high_rates: Interval
+    auroc_verdict: str
+    accuracy_verdict: str
+
+
+@dataclass(frozen=True)
+class FieldComparison:
+    """knowgate's policies against the field's methods, AdaRAGUE-style, on common questions.
+
+    Attributes:
+        n: questions every method in the table has (the peers branch's sample).
+        datasets: questions per dataset among them.
+        operating_rule: the rule every method's cut was chosen by (on its training folds).
+        rows: method -> its row.
+        versus: every compared knowgate policy against every peer.
+        best_single_pass: the knowgate policy without extra LM calls whose held-out AUROC is
+            highest here (chosen after the fact on these numbers: read its row with that in
+            mind; the comparisons cover every listed knowgate policy).
+        above_random_at_every_rate: knowgate policy -> whether its curve on these questions
+            lies strictly above random gating at every rate 0.01-0.99.
+        not_in_table: method -> why it is not in the table (e.g. popularity: PopQA only).
+    """
+
+    n: int
+    datasets: dict[str, int]
+    operating_rule: str
+    rows: dict[str, FieldRow]
+    versus: tuple[Versus, ...]
+    best_single_pass: str | None
+    above_random_at_every_rate: dict[str, bool]
+    not_in_table: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LayerStudy:
+    """Where the signal lives: held-out AUROC by layer and prompt position.
+
+    Attributes:
+        positions: the prompt positions (``prompt_end`` is a template token for chat prompts).
+        sparsity_layers: the captured blocks.
+        sparsity_auroc: ``{site}_{metric}`` -> position -> AUROC per block; each outer fold
+            chooses the direction on its training rows and scores its held-out rows, pooled.
+        best_sparsity: position -> the best (metric, block, AUROC).
+        probe_layers: the blocks whose hidden states are stored.
+        probe_auroc: position -> a probe's AUROC per stored block (``C`` = ``probe_c``): the
+            out-of-fold AUROC on each outer fold's training rows (every row scored by an inner
+            model that did not see it), averaged over the outer folds; ``None`` without probes.
+        probe_c: the probe's ``C`` for this study.
+        best_probe: position -> the best (block, AUROC).
+    """
+
+    positions: tuple[str, ...]
+    sparsity_layers: tuple[int, ...]
+    sparsity_auroc: dict[str, dict[str, list[float | None]]]
+    best_sparsity: dict[str, tuple[str, int, float]]
+    probe_layers: tuple[int, ...]
+    probe_auroc: dict[str, list[float | None]] | None
+    probe_c: float | None
+    best_probe: dict[str, tuple[int, float]]
+
+
+@dataclass(frozen=True)
+class UnseenAuroc:
+    """A score's AUROC on one dataset: fitted without it, and fitted in distribution.
+
+    Attributes:
+        unseen: fitted (or its direction chosen) on the other datasets only.
+        in_distribution: the cross-fitted held-out score (pooled folds over all datasets).
+    """
+
+    unseen: float | None
+    in_distribution: float | None
+
+
+@dataclass(frozen=True)
+class LeaveOneDatasetOutAuroc:
+    """Whether each signal's and policy's ranking holds on a dataset it was not fitted on.
+
+    Attributes:
+        datasets: the datasets.
+        policies: policy -> dataset (and ``all``, pooling the left-out scores) -> AUROCs.
+        signals: single model signal -> dataset -> AUROCs (direction chosen without it).
+        skipped: what could not be scored, and why.
+    """
+
+    datasets: tuple[str, ...]
+    policies: dict[str, dict[str, UnseenAuroc]]
+    signals: dict[str, dict[str, UnseenAuroc]]
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class RunRecord:
     """What was run, where, and how long it took (filled in by ``knowgate bench``).
 
@@ -399,6 +559,7 @@ class RunRecord:
         closed_book_retiming: per dataset, the re-timing of the closed-book stages.
         seconds: wall time of each phase.
         both_branches: the both-branch files written.
+        peers: the peers branch: per dataset the questions it ran (``None``: not run).
     """
 
     command: str
@@ -412,6 +573,7 @@ class RunRecord:
     closed_book_retiming: dict[str, ClosedBookTiming]
     seconds: dict[str, float]
     both_branches: list[str]
+    peers: dict[str, int] | None = None
 
 
 @dataclass
@@ -441,6 +603,9 @@ class BenchmarkSummary:
     targets: Targets | None
     leave_one_dataset_out: LeaveOneDatasetOut | None
     null_check: NullCheck | None
+    field_comparison: FieldComparison | None = None
+    layers: LayerStudy | None = None
+    leave_one_dataset_out_auroc: LeaveOneDatasetOutAuroc | None = None
     run: RunRecord | None = None
 
     def to_dict(self) -> dict[str, Any]:

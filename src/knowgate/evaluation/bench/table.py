@@ -9,6 +9,11 @@ Stage times per question (shares of batched stages): the closed-book prefill and
 from the closed-book run, re-scaled to this run's conditions and with the router's signal time
 added (:mod:`knowgate.evaluation.branches.timing`); retrieval and the answer with passages
 from the retrieval-branch run, timed in this run.
+
+Beside them, when available: the hidden states and per-layer sparsity stored with the closed-book
+cache (:class:`~knowgate.evaluation.branches.closed_book.ClosedBookArrays`, for probes and the
+layer study) and the peers branch's signals (:class:`PeerSignals`: sampling consistency and
+self-report, on the questions the peers branch ran).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from knowgate.errors import DataError
+from knowgate.errors import DataError, SignalError
 from knowgate.evaluation.both_branches import (
     BothBranchRecord,
     BranchOutcomes,
@@ -28,10 +33,81 @@ from knowgate.evaluation.both_branches import (
     StageSeconds,
     policy_outcome,
 )
-from knowgate.evaluation.branches.closed_book import ClosedBookRecord
+from knowgate.evaluation.branches.closed_book import ClosedBookArrays, ClosedBookRecord
+from knowgate.evaluation.branches.peers import PeerRecord
 from knowgate.evaluation.branches.retrieval import RetrievalRecord
 from knowgate.evaluation.branches.timing import ClosedBookTiming
 from knowgate.evaluation.labelled import LabelledTable, build_table
+from knowgate.signals.consistency import (
+    SAMPLE_AGREEMENT,
+    SAMPLE_LEXICAL_SIMILARITY,
+    SELF_REPORT_P_YES,
+    sampling_consistency,
+    self_report,
+)
+
+PEER_FEATURES = (SAMPLE_AGREEMENT, SAMPLE_LEXICAL_SIMILARITY, SELF_REPORT_P_YES)
+
+
+@dataclass(frozen=True)
+class PeerSignals:
+    """The peers branch's signals, one row per benchmark question (NaN where it did not run).
+
+    Attributes:
+        rows: questions the peers branch ran (a seeded sample, or all).
+        features: ``sample_agreement``, ``sample_lexical_similarity`` (against the closed-book
+            greedy answer) and ``self_report_p_yes`` per row.
+        sample_seconds: per question, its share of the batch's sampling call.
+        self_report_seconds: per question, its share of the batch's self-report prefill.
+        samples: answers sampled per question (``K``).
+    """
+
+    rows: NDArray[np.bool_]
+    features: dict[str, NDArray[np.float64]]
+    sample_seconds: NDArray[np.float64]
+    self_report_seconds: NDArray[np.float64]
+    samples: int
+
+
+def peer_signals(
+    closed_book: Sequence[ClosedBookRecord], peers: Sequence[PeerRecord]
+) -> PeerSignals:
+    """Align peer records with the closed-book rows and compute their features.
+
+    Raises:
+        DataError: the peers ran a question the closed-book branch did not, or a self-report
+            with zero probability for both words.
+    """
+    index = {(r.dataset, r.id): i for i, r in enumerate(closed_book)}
+    n = len(closed_book)
+    rows = np.zeros(n, dtype=bool)
+    features = {name: np.full(n, np.nan) for name in PEER_FEATURES}
+    sample_seconds = np.full(n, np.nan)
+    report_seconds = np.full(n, np.nan)
+    counts = set()
+    for rec in peers:
+        key = (rec.dataset, rec.id)
+        if key not in index:
+            raise DataError(f"the peers branch ran {key}, which the benchmark does not hold")
+        i = index[key]
+        try:
+            values = {
+                **sampling_consistency(closed_book[i].answer, rec.samples),
+                **self_report(rec.p_yes, rec.p_no),
+            }
+        except SignalError as exc:
+            raise DataError(f"peer signals of {key}: {exc}") from exc
+        for name, value in values.items():
+            features[name][i] = value
+        sample_seconds[i] = rec.sample_seconds / max(1, rec.batch_size)
+        report_seconds[i] = rec.self_report_seconds / max(1, rec.batch_size)
+        rows[i] = True
+        counts.add(len(rec.samples))
+    if len(counts) > 1:
+        raise DataError(f"peer records sampled different numbers of answers: {sorted(counts)}")
+    return PeerSignals(
+        rows, features, sample_seconds, report_seconds, counts.pop() if counts else 0
+    )
 
 
 @dataclass(frozen=True)
@@ -46,9 +122,11 @@ class BenchTable:
         branches: both branches' correctness, scores and stage times.
         evidence_hit: 1 when a passage in the prompt is a gold evidence passage, 0 when not, NaN
             when the row lists no evidence.
-        extra: named per-row arrays beyond the closed-book features (peer signals from
-            :mod:`~knowgate.evaluation.branches.peers`, stored hidden states for probes), for
-            policy families that read them; ``[n, ...]`` each.
+        extra: named per-row arrays beyond the closed-book features, for policy families that
+            read them; ``[n, ...]`` each.
+        arrays: the closed-book cache's hidden states and per-layer sparsity (``None`` when not
+            loaded).
+        peers: the peers branch's signals (``None`` when it was not run).
     """
 
     model_id: str
@@ -57,9 +135,15 @@ class BenchTable:
     branches: BranchOutcomes
     evidence_hit: NDArray[np.float64]
     extra: dict[str, NDArray[np.float64]] = field(default_factory=dict)
+    arrays: ClosedBookArrays | None = None
+    peers: PeerSignals | None = None
 
     def __post_init__(self) -> None:
         bad = [k for k, v in self.extra.items() if v.shape[:1] != (self.n,)]
+        if self.arrays is not None and self.arrays.probe_hidden.shape[0] != self.n:
+            bad.append("closed-book arrays")
+        if self.peers is not None and self.peers.rows.shape != (self.n,):
+            bad.append("peer signals")
         if bad:
             raise DataError(f"extra arrays {bad} do not have one row per question ({self.n})")
 
@@ -101,8 +185,8 @@ class BenchTable:
     def to_records(self) -> list[BothBranchRecord]:
         """The both-branch file's rows: every feature a gate or baseline could read.
 
-        Features are every model signal, the question-only features and ``s_pop`` where the row
-        has it (the popularity policy's input).
+        Features are every model signal, the question-only features, ``s_pop`` where the row
+        has it (the popularity policy's input) and the peers' signals where they ran.
         """
         lab, b = self.labelled, self.branches
         names = list(lab.features)
@@ -111,6 +195,9 @@ class BenchTable:
             features: dict[str, float | None] = {n: float(lab.features[n][i]) for n in names}
             if np.isfinite(lab.popularity[i]):
                 features["s_pop"] = float(lab.popularity[i])
+            if self.peers is not None and self.peers.rows[i]:
+                for name, values in self.peers.features.items():
+                    features[name] = float(values[i])
             out.append(
                 BothBranchRecord(
                     id=row_id,
@@ -137,6 +224,8 @@ def build_bench_table(
     *,
     model_id: str,
     timings: Mapping[str, ClosedBookTiming] | None = None,
+    arrays: ClosedBookArrays | None = None,
+    peers: Sequence[PeerRecord] | None = None,
 ) -> BenchTable:
     """Align the two branches question by question.
 
@@ -147,6 +236,8 @@ def build_bench_table(
         timings: per dataset, the re-timing that puts cached closed-book prefill and decode
             times on the footing of this run and measures the signals' time; datasets without
             one keep their cached times and count no signal time.
+        arrays: the closed-book cache's arrays, in the same row order.
+        peers: peer records of (some of) the same questions.
 
     Raises:
         DataError: the branches hold different questions, or none.
@@ -202,4 +293,6 @@ def build_bench_table(
         evidence_hit=per_question(
             [np.nan if r.evidence_hit is None else float(r.evidence_hit) for r in rag]
         ),
+        arrays=arrays,
+        peers=None if peers is None else peer_signals(closed_book, peers),
     )

@@ -39,7 +39,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -49,7 +49,7 @@ from knowgate.evaluation.datasets import QADataset, QAExample
 from knowgate.jsonio import atomic_write_text
 
 if TYPE_CHECKING:
-    from knowgate.models import LanguageModel
+    from knowgate.models import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -323,6 +323,17 @@ def load_cached_rows(
 RecordT = TypeVar("RecordT")
 
 
+class BranchModel(Protocol):
+    """What every branch reads of its model: the identity its cache folder is named by, and the
+    config (batch size). A branch narrows it to what it runs: a local
+    :class:`~knowgate.models.LanguageModel`, or also a served
+    :class:`~knowgate.models.RemoteModel`.
+    """  # noqa: D205
+
+    model_id: str
+    config: ModelConfig
+
+
 class BranchRunner(ABC, Generic[RecordT]):
     """One branch of the benchmark: a cached, resumable model run over a dataset's questions.
 
@@ -342,7 +353,9 @@ class BranchRunner(ABC, Generic[RecordT]):
     what: ClassVar[str]
     branch: ClassVar[str | None] = None
 
-    def __init__(self, lm: LanguageModel) -> None:
+    lm: BranchModel
+
+    def __init__(self, lm: BranchModel) -> None:
         self.lm = lm
 
     @abstractmethod

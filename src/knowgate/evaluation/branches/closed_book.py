@@ -14,12 +14,19 @@ is kept on disk:
   already on disk).
 - **Scores are recomputed on read** from the stored answer, so fixing the scorer never requires
   re-running the model.
+
+A model behind an OpenAI-compatible server has its own runner,
+:class:`ServedClosedBookBranch`: one greedy draft with logprobs per question, recording the
+features the server's response provides, keyed by the served model's identity
+(:meth:`~knowgate.models.RemoteModel.identity`); the records have the same form, so the
+calibration study and the benchmark read them alike.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,9 +34,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from knowgate.errors import DataError
-from knowgate.evaluation.branches.cache import ARRAYS_KEY, CACHE_FORMAT, BranchRunner
+from knowgate.evaluation.branches.cache import (
+    ARRAYS_KEY,
+    CACHE_FORMAT,
+    BranchRunner,
+    load_arrays,
+    load_cached_rows,
+    read_cache,
+)
 from knowgate.evaluation.datasets import QADataset, QAExample
 from knowgate.evaluation.scoring import AnswerScore, score_answer
+from knowgate.models.remote import RemoteModel
 from knowgate.signals import (
     POSITIONS,
     SignalConfig,
@@ -56,8 +71,10 @@ class ClosedBookRecord:
         score: In-Accuracy / EM / F1 of ``answer`` (recomputed from the answer on every read).
         features: every named model signal of the pass (prefill and draft stages).
         prompt_tokens: length of the closed-book prompt.
-        prefill_seconds: wall time of the batched prefill this question was part of.
-        decode_seconds: wall time of the batched decode this question was part of.
+        prefill_seconds: wall time of the batched prefill this question was part of (for a
+            served model: of the batch's draft calls, the gate's whole cost).
+        decode_seconds: wall time of the batched decode this question was part of (0 for a
+            served model: its server cannot split a draft into prefill and decode).
         batch_size: rows in that batch (per-question cost is roughly seconds / batch_size).
     """
 
@@ -100,13 +117,15 @@ def probe_layers(num_layers: int, count: int = PROBE_LAYER_COUNT) -> tuple[int, 
 
 
 def cache_key_material(
-    lm: LanguageModel, dataset: QADataset, *, max_new_tokens: int | None = None
+    lm: LanguageModel | RemoteModel, dataset: QADataset, *, max_new_tokens: int | None = None
 ) -> dict[str, Any]:
     """Everything a closed-book record depends on, as a JSON-able dict (the cache header).
 
     The retrieval and peer branches start from this dict (dropping the signal-only entries),
     so the model's identity, prompts and generation settings key every branch alike.
     """
+    if isinstance(lm, RemoteModel):
+        return served_key_material(lm, dataset, max_new_tokens=max_new_tokens)
     from knowgate.models.fingerprint import model_fingerprint
     from knowgate.signals import feature_names, sparsity_table_names
 
@@ -126,8 +145,8 @@ def cache_key_material(
             "stop_at_newline": generation.stop_at_newline,
         },
         "feature_names": sorted(
-            feature_names(RUN_SIGNALS, family="sparsity")
-            + feature_names(RUN_SIGNALS, family="uncertainty")
+            feature_names(RUN_SIGNALS, family="sparsity", backend="local")
+            + feature_names(RUN_SIGNALS, family="uncertainty", backend="local")
         ),
         "arrays": {
             "probe_hidden": {
@@ -149,6 +168,39 @@ SIGNAL_ONLY_KEYS = ("layers", "feature_names", "arrays")
 """Entries of the closed-book key that other branches' answers do not depend on."""
 
 
+def served_key_material(
+    model: RemoteModel, dataset: QADataset, *, max_new_tokens: int | None = None
+) -> dict[str, Any]:
+    """The closed-book key of a served model: its identity instead of a weights fingerprint.
+
+    The identity (:meth:`~knowgate.models.RemoteModel.identity`) holds the base URL, the model
+    name, the server's ``/models`` entry and the configured ``revision``; it contacts the
+    server. A server that swaps weights behind the same name and entry is not detected unless
+    ``remote.revision`` says so (docs/remote.md).
+    """
+    from knowgate.signals import feature_names
+
+    generation = model.config.generation
+    return {
+        "format": CACHE_FORMAT,
+        "model_id": model.model_id,
+        "served": model.identity(),
+        "prompt": model.config.prompt.model_dump(mode="json", exclude={"self_report_template"}),
+        "prompt_probe_sha256": hashlib.sha256(
+            model.format_prompt(PROBE_QUESTION).encode()
+        ).hexdigest(),
+        "generation": {
+            "max_new_tokens": max_new_tokens or generation.max_new_tokens,
+            "stop_at_newline": generation.stop_at_newline,
+        },
+        "feature_names": sorted(
+            feature_names(family="uncertainty", backend="served")
+            + feature_names(family="sparsity", backend="served")
+        ),
+        "dataset": {"name": dataset.name, "content_hash": dataset.content_hash},
+    }
+
+
 class ClosedBookBranch(BranchRunner[ClosedBookRecord]):
     """Greedy closed-book answers with every signal of the pass (the label of every gate).
 
@@ -158,6 +210,7 @@ class ClosedBookBranch(BranchRunner[ClosedBookRecord]):
 
     folder = "closed_book"
     what = "closed-book"
+    lm: LanguageModel
 
     def __init__(self, lm: LanguageModel, *, max_new_tokens: int | None = None) -> None:
         super().__init__(lm)
@@ -224,19 +277,165 @@ class ClosedBookBranch(BranchRunner[ClosedBookRecord]):
             raise DataError(f"malformed closed-book record for {example.id!r}: {exc!r}") from exc
 
 
+@dataclass(frozen=True)
+class ClosedBookArrays:
+    """The arrays stored beside a closed-book cache, one row per question (dataset order).
+
+    Attributes:
+        probe_hidden: hidden states of :attr:`probe_layers` at every position, float16,
+            ``[n, len(probe_layers), len(positions), d]`` (for probes).
+        probe_layers: the blocks stored (:func:`probe_layers`).
+        positions: the prompt positions (:data:`~knowgate.signals.POSITIONS`).
+        sparsity_by_layer: every sparsity metric at every captured block and position,
+            ``[n, len(sparsity_rows), len(positions), len(sparsity_layers)]``.
+        sparsity_rows: ``{site}_{metric}`` per row (:func:`~knowgate.signals.
+            sparsity_table_names`).
+        sparsity_layers: the captured blocks.
+    """
+
+    probe_hidden: np.ndarray
+    probe_layers: tuple[int, ...]
+    positions: tuple[str, ...]
+    sparsity_by_layer: np.ndarray
+    sparsity_rows: tuple[str, ...]
+    sparsity_layers: tuple[int, ...]
+
+    @staticmethod
+    def concatenate(parts: Iterable[ClosedBookArrays]) -> ClosedBookArrays:
+        """The arrays of several datasets stacked in order (same model, same layout).
+
+        Raises:
+            DataError: no parts, or parts stored with different layers or positions.
+        """
+        items = list(parts)
+        if not items:
+            raise DataError("no closed-book arrays to concatenate")
+        first = items[0]
+        for other in items[1:]:
+            if (other.probe_layers, other.positions, other.sparsity_rows) != (
+                first.probe_layers,
+                first.positions,
+                first.sparsity_rows,
+            ) or other.sparsity_layers != first.sparsity_layers:
+                raise DataError("closed-book arrays were stored with different layouts")
+        return ClosedBookArrays(
+            np.concatenate([a.probe_hidden for a in items]),
+            first.probe_layers,
+            first.positions,
+            np.concatenate([a.sparsity_by_layer for a in items]),
+            first.sparsity_rows,
+            first.sparsity_layers,
+        )
+
+
+def load_closed_book_arrays(path: Path, dataset: QADataset) -> ClosedBookArrays:
+    """The stored hidden states and per-layer sparsity of ``dataset``'s questions (no model).
+
+    Raises:
+        DataError: not a closed-book cache of this dataset, incomplete, without arrays, or
+            arrays that disagree with the header.
+    """
+    header, _, _ = read_cache(Path(path), "closed-book")
+    layout = header.get("arrays")
+    if not isinstance(layout, Mapping) or set(ARRAY_NAMES) - set(layout):
+        raise DataError(f"{path}: this closed-book cache stores no {', '.join(ARRAY_NAMES)}")
+    rows = load_cached_rows(Path(path), dataset, what="closed-book")
+    arrays = load_arrays(Path(path), [rows[ex.id] for ex in dataset], ARRAY_NAMES)
+    probe, table = layout["probe_hidden"], layout["sparsity_by_layer"]
+    out = ClosedBookArrays(
+        probe_hidden=arrays["probe_hidden"],
+        probe_layers=tuple(int(v) for v in probe["layers"]),
+        positions=tuple(str(v) for v in probe["positions"]),
+        sparsity_by_layer=arrays["sparsity_by_layer"],
+        sparsity_rows=tuple(str(v) for v in table["rows"]),
+        sparsity_layers=tuple(int(v) for v in table["layers"]),
+    )
+    expected = (len(dataset), len(out.probe_layers), len(out.positions))
+    if out.probe_hidden.shape[:3] != expected or out.sparsity_by_layer.shape[1:] != (
+        len(out.sparsity_rows),
+        len(out.positions),
+        len(out.sparsity_layers),
+    ):
+        raise DataError(f"{path}: stored arrays do not match the layout in its header")
+    return out
+
+
+class ServedClosedBookBranch(BranchRunner[ClosedBookRecord]):
+    """Closed-book drafts of a served model: one greedy call with logprobs per question.
+
+    Each row records the draft, the served features, and the batch's wall time as its
+    ``prefill_seconds`` (the whole of a served gate's cost: a server cannot prefill without
+    decoding, so ``decode_seconds`` is 0). Calls of a batch run concurrently
+    (``remote.concurrency``). A draft the server ended at once (no scored token) has no
+    features; its row records why (``missing_reason``).
+    """
+
+    folder = "closed_book"
+    what = "closed-book"
+    lm: RemoteModel
+
+    def __init__(self, model: RemoteModel, *, max_new_tokens: int | None = None) -> None:
+        super().__init__(model)
+        self.max_new_tokens = max_new_tokens
+
+    def key_material(self, dataset: QADataset) -> dict[str, Any]:
+        """See :func:`served_key_material`."""
+        return served_key_material(self.lm, dataset, max_new_tokens=self.max_new_tokens)
+
+    def answer_batch(self, chunk: Sequence[QAExample]) -> list[dict[str, Any]]:
+        """One greedy draft with logprobs per question (concurrently)."""
+        start = time.perf_counter()
+        drafts = self.lm.draft([ex.question for ex in chunk], max_new_tokens=self.max_new_tokens)
+        seconds = time.perf_counter() - start
+        return [
+            {
+                "answer": d.text,
+                "stop_reason": d.stop_reason,
+                "features": d.features,
+                "prompt_tokens": d.prompt_tokens if d.prompt_tokens is not None else 0,
+                "prefill_seconds": round(seconds, 6),
+                "decode_seconds": 0.0,
+                "batch_size": len(chunk),
+                "served": {
+                    "call_seconds": round(d.seconds, 6),
+                    "retries": d.retries,
+                    "tokens": list(d.tokens),
+                    "missing_reason": d.missing_reason,
+                },
+            }
+            for d in drafts
+        ]
+
+    @classmethod
+    def parse_record(
+        cls, row: Mapping[str, Any], example: QAExample, dataset: str
+    ) -> ClosedBookRecord:
+        """A cached row as a :class:`ClosedBookRecord`, scored now."""
+        return ClosedBookBranch.parse_record(row, example, dataset)
+
+
+def closed_book_branch(
+    lm: LanguageModel | RemoteModel, *, max_new_tokens: int | None = None
+) -> ClosedBookBranch | ServedClosedBookBranch:
+    """The closed-book runner of ``lm``: a local model's pass, or a served model's draft."""
+    if isinstance(lm, RemoteModel):
+        return ServedClosedBookBranch(lm, max_new_tokens=max_new_tokens)
+    return ClosedBookBranch(lm, max_new_tokens=max_new_tokens)
+
+
 def closed_book_cache_path(
-    lm: LanguageModel,
+    lm: LanguageModel | RemoteModel,
     dataset: QADataset,
     cache_dir: Path | None = None,
     *,
     max_new_tokens: int | None = None,
 ) -> Path:
     """Where the closed-book records of ``lm`` on ``dataset`` live."""
-    return ClosedBookBranch(lm, max_new_tokens=max_new_tokens).cache_path(dataset, cache_dir)
+    return closed_book_branch(lm, max_new_tokens=max_new_tokens).cache_path(dataset, cache_dir)
 
 
 def run_closed_book(
-    lm: LanguageModel,
+    lm: LanguageModel | RemoteModel,
     dataset: QADataset,
     *,
     cache_dir: Path | None = None,
@@ -247,7 +446,8 @@ def run_closed_book(
     """Answer every question of ``dataset`` closed-book, reusing and extending the disk cache.
 
     Args:
-        lm: the model runner.
+        lm: the model runner (a local model, or a served one: see
+            :class:`ServedClosedBookBranch`).
         dataset: the questions (a ``head(n)`` of a file shares the full file's cache).
         cache_dir: cache root (default ``runs/closed_book``, see
             :func:`~knowgate.evaluation.branches.cache.default_runs_dir`).
@@ -258,8 +458,22 @@ def run_closed_book(
     Returns:
         One record per question, in dataset order.
     """
-    branch = ClosedBookBranch(lm, max_new_tokens=max_new_tokens)
+    branch = closed_book_branch(lm, max_new_tokens=max_new_tokens)
     return branch.run(dataset, cache_dir=cache_dir, batch_size=batch_size, progress=progress)
+
+
+def closed_book_arrays(
+    lm: LanguageModel,
+    dataset: QADataset,
+    cache_dir: Path | None = None,
+    *,
+    max_new_tokens: int | None = None,
+) -> ClosedBookArrays:
+    """The arrays of a finished closed-book run of ``lm`` on ``dataset`` (see
+    :func:`load_closed_book_arrays`).
+    """  # noqa: D205
+    path = closed_book_cache_path(lm, dataset, cache_dir, max_new_tokens=max_new_tokens)
+    return load_closed_book_arrays(path, dataset)
 
 
 def load_closed_book(path: Path, dataset: QADataset) -> list[ClosedBookRecord]:

@@ -47,6 +47,7 @@ class PeerRecord:
 
     Attributes:
         example: the labelled question.
+        dataset: the dataset's name.
         samples: the sampled answers (temperature ``temperature``), in sampling order.
         p_yes: P(next token spells "yes") after the self-report prompt.
         p_no: P(next token spells "no") after it.
@@ -56,6 +57,7 @@ class PeerRecord:
     """
 
     example: QAExample
+    dataset: str
     samples: tuple[str, ...]
     p_yes: float
     p_no: float
@@ -112,6 +114,7 @@ class PeerBranch(BranchRunner[PeerRecord]):
     folder = BRANCH
     what = "peer-signals"
     branch = BRANCH
+    lm: LanguageModel
 
     def __init__(
         self,
@@ -166,6 +169,7 @@ class PeerBranch(BranchRunner[PeerRecord]):
         try:
             return PeerRecord(
                 example=example,
+                dataset=dataset,
                 samples=tuple(str(s) for s in row["samples"]),
                 p_yes=float(row["p_yes"]),
                 p_no=float(row["p_no"]),

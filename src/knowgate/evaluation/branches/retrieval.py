@@ -34,7 +34,7 @@ from knowgate.evaluation.datasets import QADataset, QAExample
 from knowgate.evaluation.scoring import AnswerScore, score_answer
 
 if TYPE_CHECKING:
-    from knowgate.models import LanguageModel
+    from knowgate.models import LanguageModel, RemoteModel
 
 BRANCH = "retrieval"
 
@@ -107,7 +107,7 @@ def knowledge_base_fingerprint(directory: Path) -> dict[str, Any]:
 
 
 def retrieval_key_material(
-    lm: LanguageModel,
+    lm: LanguageModel | RemoteModel,
     dataset: QADataset,
     *,
     knowledge_base: Mapping[str, Any],
@@ -146,10 +146,11 @@ class RetrievalBranch(BranchRunner[RetrievalRecord]):
     folder = BRANCH
     what = "retrieval-branch"
     branch = BRANCH
+    lm: LanguageModel | RemoteModel
 
     def __init__(
         self,
-        lm: LanguageModel,
+        lm: LanguageModel | RemoteModel,
         knowledge_base: Any,
         *,
         knowledge_base_dir: Path,
@@ -209,9 +210,12 @@ class RetrievalBranch(BranchRunner[RetrievalRecord]):
                 evidence_hit=bool(evidence & set(passage_ids)) if evidence else None,
                 retrieval_error=row.get("retrieval_error"),
                 retrieve_seconds=timings.get("retrieve", 0.0) / 1000.0,
-                # A request the router had to answer closed-book (no passages) spent decode time.
+                # A request the router had to answer closed-book (no passages) spent decode time
+                # (a served model: a draft call).
                 answer_seconds=(
-                    timings.get("answer_with_passages", 0.0) + timings.get("decode", 0.0)
+                    timings.get("answer_with_passages", 0.0)
+                    + timings.get("decode", 0.0)
+                    + timings.get("draft", 0.0)
                 )
                 / 1000.0,
                 batch_size=int(row["batch_size"]),
@@ -223,7 +227,7 @@ class RetrievalBranch(BranchRunner[RetrievalRecord]):
 
 
 def run_retrieval_branch(
-    lm: LanguageModel,
+    lm: LanguageModel | RemoteModel,
     dataset: QADataset,
     knowledge_base: Any,
     *,

@@ -2,9 +2,10 @@
 correctness, on held-out folds, and how well the fused policy is calibrated.
 
 Every held-out number is out-of-fold (:mod:`knowgate.evaluation.cross_fitting`): grouped (by
-normalised question), stratified K-fold over the pooled datasets; a fused model's calibrator is
-fitted inside the training folds (nested), and a single feature's direction - popularity's
-included - is chosen on the training folds. Reported (:class:`CalibrationSummary`):
+normalised question), stratified K-fold over the pooled datasets; a fused set chooses its
+feature group and ``C`` and fits its calibrator inside the training folds (nested), and a single
+feature's direction - popularity's included - is chosen on the training folds. Reported
+(:class:`CalibrationSummary`):
 
 - each single feature's AUROC with its direction: in-sample (labelled so), held-out, and within
   PopQA relation (of the held-out score);
@@ -25,7 +26,15 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from knowgate.evaluation.cross_fitting import CrossFit, Splits, cross_fit, outer_splits
+from knowgate.evaluation.cross_fitting import (
+    CrossFit,
+    Learner,
+    Recipe,
+    Splits,
+    cross_fit,
+    held_out_signed,
+    outer_splits,
+)
 from knowgate.evaluation.labelled import LabelledTable, family_stage, standard_feature_sets
 from knowgate.evaluation.metrics import (
     POPULARITY_BUCKETS,
@@ -39,6 +48,7 @@ from knowgate.evaluation.metrics import (
 )
 from knowgate.evaluation.reporting import Interval, finite, to_jsonable
 from knowgate.evaluation.scoring import normalize_answer
+from knowgate.policy.selection import FeatureGroups
 
 SELECTED = "selected"
 POPULARITY_SINGLE = "s_pop (metadata, PopQA rows)"
@@ -76,6 +86,8 @@ class FusedSetResult:
         brier_before: Brier of the raw probability.
         brier_after: Brier of the calibrated probability.
         brier_skill_after: 1 - Brier / Brier of always predicting the base rate.
+        choices_per_fold: what the recipe chose (feature group and ``C``) on each outer fold's
+            training rows.
     """
 
     features: tuple[str, ...]
@@ -89,6 +101,7 @@ class FusedSetResult:
     brier_before: float | None
     brier_after: float | None
     brier_skill_after: float | None
+    choices_per_fold: tuple[str, ...] = ()
 
     @property
     def n_features(self) -> int:
@@ -253,18 +266,6 @@ def _bucket_rows(table: LabelledTable) -> dict[str, NDArray[np.bool_]]:
     return {name: buckets == name for name, _, _ in POPULARITY_BUCKETS if (buckets == name).any()}
 
 
-def _held_out_direction(
-    x: NDArray[np.float64], y: NDArray[np.int64], rows: NDArray[np.bool_], splits: Splits
-) -> NDArray[np.float64]:
-    """The feature signed by each fold's direction, chosen on that fold's training rows."""
-    score = np.full(x.size, np.nan)
-    for train, test in splits:
-        train, test = train[rows[train]], test[rows[test]]
-        _, direction = auroc_with_direction(y[train], x[train])
-        score[test] = x[test] if direction == "higher_is_known" else -x[test]
-    return score
-
-
 def _within_relation(table: LabelledTable, score: NDArray[np.float64]) -> float | None:
     rel = (table.relations != "") & np.isfinite(score)
     if not rel.any():
@@ -282,7 +283,7 @@ def _single(
 ) -> tuple[SingleFeatureResult, NDArray[np.float64]]:
     y = table.y
     in_sample, direction = auroc_with_direction(y[rows], x[rows])
-    held = _held_out_direction(np.where(rows, x, 0.0), y, rows, splits)
+    held = held_out_signed(np.where(rows, x, 0.0), y, splits, rows=rows)
     result = SingleFeatureResult(
         family=family,
         stage=stage,
@@ -295,9 +296,10 @@ def _single(
     return result, held
 
 
-def _fused_result(
+def fused_set_result(
     table: LabelledTable, names: Sequence[str], cf: CrossFit, *, n_boot: int, seed: int
 ) -> FusedSetResult:
+    """Held-out metrics of one cross-fitted policy (any learner or recipe)."""
     y = table.y
     ci = bootstrap_ci(auroc, y, cf.score, n_resamples=n_boot, seed=seed) if n_boot else None
     base = brier_score(y, np.full(y.size, y.mean()))
@@ -318,6 +320,7 @@ def _fused_result(
         # Skill against always predicting the base rate: with few correct answers ECE and Brier
         # are small for any near-constant predictor, so this is the number that says more.
         brier_skill_after=_r(1.0 - brier_score(y, cf.p_known) / base) if base > 0 else None,
+        choices_per_fold=tuple(f.choice.label for f in cf.folds if f.choice is not None),
     )
 
 
@@ -442,6 +445,7 @@ def run_study(
     seed: int = 0,
     bootstrap_resamples: int = 1000,
     progress: bool = False,
+    learner: Learner | Recipe | None = None,
 ) -> StudyResult:
     """Cross-validated evaluation of single features and fused feature sets.
 
@@ -453,6 +457,9 @@ def run_study(
         seed: split seed.
         bootstrap_resamples: resamples for the AUROC confidence intervals (0 = none).
         progress: show a progress bar over the fused fits.
+        learner: how every fused set is fitted on a training fold (default: the recipe that
+            chooses feature group and ``C`` by inner CV, as ``knowgate calibrate`` fits the
+            policy it ships).
 
     Raises:
         PolicyError: too few correct (or wrong) closed-book answers to cross-validate.
@@ -480,6 +487,7 @@ def run_study(
 
     fused: dict[str, FusedSetResult] = {}
     predictions: dict[str, CrossFit] = {}
+    recipe = learner if learner is not None else FeatureGroups()
     for set_name, names in tqdm(feature_sets.items(), desc="fused fits", disable=not progress):
         cf = cross_fit(
             table.matrix(names),
@@ -490,9 +498,10 @@ def run_study(
             calibration=calibration,
             inner_folds=n_splits,
             seed=seed,
+            learner=recipe,
         )
         predictions[set_name] = cf
-        fused[set_name] = _fused_result(table, names, cf, n_boot=bootstrap_resamples, seed=seed)
+        fused[set_name] = fused_set_result(table, names, cf, n_boot=bootstrap_resamples, seed=seed)
 
     model_singles = {k: v for k, v in singles.items() if v.family in ("sparsity", "uncertainty")}
     prefill_singles = {k: v for k, v in model_singles.items() if v.stage == "prefill"}
