@@ -124,6 +124,10 @@ def test_config_accepts_an_adapter_directory_as_source(tmp_path: Path) -> None:
     (nameless / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
     with pytest.raises(ConfigError, match="names no base model"):
         ModelConfig.from_dict({"source": str(nameless)})
+    with pytest.raises(ConfigError, match="cannot take one"):  # an adapter needs local weights
+        ModelConfig.from_dict(
+            {"source": "openai:http://127.0.0.1:8080/v1#smollm", "adapter": str(directory)}
+        )
 
 
 @pytest.mark.slow
