@@ -23,6 +23,10 @@ TARGET = ROOT / "BENCHMARKS.md"
 
 SECTIONS = (
     ("benchmark.md", "The benchmark: every gating policy on real data (issue 6)"),
+    (
+        "familiarity.md",
+        "Controlled familiarity: does sparsity track what the model was taught? (issue 14)",
+    ),
     ("overhead.md", "Signal overhead (issue 2)"),
     ("retrieval.md", "Knowledge-base recall and latency (issue 3)"),
     ("policy.md", "Policy calibration (issue 4)"),

@@ -35,6 +35,7 @@ FLOORS: dict[str, int] = {
     "routing": 3,
     "experiments": 4,
     "evaluation": 4,
+    "studies": 4,
     "integrations": 5,
     "cli": 6,
     "__main__": 6,

@@ -8,6 +8,7 @@ from knowgate.cli import demo as _demo  # noqa: F401  (registers the command)
 from knowgate.cli import index as _index  # noqa: F401  (registers the command)
 from knowgate.cli import serve as _serve  # noqa: F401  (registers the command)
 from knowgate.cli import signals as _signals  # noqa: F401  (registers the command)
+from knowgate.cli import study as _study  # noqa: F401  (registers the command)
 from knowgate.cli.app import app
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -12,6 +13,8 @@ from knowgate.prompting.config import DemonstrationConfig
 from knowgate.schema import StrictModel
 
 DEFAULT_MODEL = "smollm2-135m"
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+"""A directory holding this file is a LoRA adapter (peft's format), not a full model."""
 REMOTE_SCHEME = "openai:"
 """Model sources ``openai:<base_url>#<model name>`` name a model behind an OpenAI-compatible
 server (see :class:`RemoteConfig`)."""
@@ -223,9 +226,14 @@ class ModelConfig(StrictModel):
         layers: decoder blocks whose activations are captured (``all`` or indices; negative
             indices count from the end).
         revision: hub revision (branch, tag or commit) for hub ids.
+        adapter: a LoRA adapter directory (peft format) applied to ``source`` and merged into
+            its weights; the adapter's SHA-256 becomes part of the model id, so caches and fitted
+            policies of a fine-tuned model never mix with the base model's. Needs the ``peft``
+            package (``pip install 'knowgate[study]'``). ``source`` may also name the adapter
+            directory itself: its ``adapter_config.json`` names the base model.
         remote: a model behind an OpenAI-compatible server instead of a local one (also set by
             a source ``openai:<base_url>#<model name>``); ``dtype``, ``device``, ``cache_dir``,
-            ``layers`` and ``revision`` do not apply to it.
+            ``layers`` and ``revision`` do not apply to it, and it takes no ``adapter``.
     """
 
     source: str = DEFAULT_MODEL
@@ -234,6 +242,7 @@ class ModelConfig(StrictModel):
     cache_dir: Path | None = None
     layers: Literal["all"] | tuple[int, ...] = "all"
     revision: str | None = None
+    adapter: Path | None = None
     prompt: PromptConfig = PromptConfig()
     generation: GenerationConfig = GenerationConfig()
     remote: RemoteConfig | None = None
@@ -274,9 +283,64 @@ class ModelConfig(StrictModel):
             raise ValueError("model source must not be empty")
         return v.strip()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _adapter_as_source(cls, data: Any) -> Any:
+        """``source: <adapter dir>`` means ``source: <its base>, adapter: <adapter dir>``."""
+        if not isinstance(data, dict) or not isinstance(data.get("source"), str):
+            return data
+        directory = Path(data["source"].strip()).expanduser()
+        if not (directory / ADAPTER_CONFIG_FILE).is_file() or (directory / "config.json").is_file():
+            return data
+        if data.get("adapter") is not None:
+            raise ValueError(
+                f"source {directory} is a LoRA adapter and adapter is also set; give one adapter"
+            )
+        return {**data, "source": adapter_base_model(directory), "adapter": directory}
+
+    @field_validator("adapter")
+    @classmethod
+    def _adapter_directory(cls, v: Path | None) -> Path | None:
+        if v is None:
+            return None
+        v = v.expanduser()
+        if not (v / ADAPTER_CONFIG_FILE).is_file():
+            raise ValueError(
+                f"adapter {v} is not a LoRA adapter directory (no {ADAPTER_CONFIG_FILE})"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _adapter_is_local(self) -> ModelConfig:
+        if self.adapter is not None and self.remote is not None:
+            raise ValueError(
+                f"adapter {self.adapter} is applied to local weights; a remote model "
+                f"({self.remote.source}) cannot take one"
+            )
+        return self
+
     @field_validator("layers")
     @classmethod
     def _nonempty_layers(cls, v: str | tuple[int, ...]) -> str | tuple[int, ...]:
         if isinstance(v, tuple) and not v:
             raise ValueError("layers must be 'all' or a non-empty list of block indices")
         return v
+
+
+def adapter_base_model(directory: Path) -> str:
+    """The base model an adapter directory names (``base_model_name_or_path``).
+
+    Raises:
+        ValueError: the adapter config is unreadable or names no base model.
+    """
+    path = directory / ADAPTER_CONFIG_FILE
+    try:
+        base = json.loads(path.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, json.JSONDecodeError, AttributeError) as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(base, str) or not base.strip():
+        raise ValueError(
+            f"{path} names no base model (base_model_name_or_path); pass the base as source "
+            "and this directory as adapter"
+        )
+    return base.strip()

@@ -14,13 +14,14 @@ import logging
 import os
 import weakref
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from knowgate.errors import ModelLoadError
 from knowgate.models.cache import sha256_file
 from knowgate.models.config import ModelConfig
-from knowgate.models.loading import resolve_source
+from knowgate.models.loading import adapter_model_id, adapter_sha256, resolve_source
 
 
 class Fingerprinted(Protocol):
@@ -66,8 +67,9 @@ def model_fingerprint(lm: Fingerprinted) -> str:
     """A string that changes when the model's weights change (memoised per instance).
 
     Packaged and GGUF models: SHA-256 of the GGUF file. Local directories: digests of the config,
-    tokenizer and weight files. Hub ids: the pinned revision (``unpinned`` warns). Anything else
-    (a model wrapped in memory): SHA-256 of every parameter tensor.
+    tokenizer and weight files. Hub ids: the pinned revision (``unpinned`` warns). A LoRA adapter
+    merged into any of these adds ``+lora:`` and the adapter's SHA-256. Anything else (a model
+    wrapped in memory, an adapter changed on disk since loading): SHA-256 of every parameter.
     """
     if lm in _FINGERPRINTS:
         return _FINGERPRINTS[lm]
@@ -75,6 +77,16 @@ def model_fingerprint(lm: Fingerprinted) -> str:
         resolved = resolve_source(lm.config.source)
     except ModelLoadError:
         resolved = None
+    adapter, suffix = lm.config.adapter, ""
+    if resolved is not None and adapter is not None:
+        try:
+            sha = adapter_sha256(adapter)
+        except ModelLoadError:
+            sha = ""
+        if sha and adapter_model_id(resolved.model_id, adapter, sha) == lm.model_id:
+            resolved, suffix = replace(resolved, model_id=lm.model_id), f"+lora:{sha}"
+        else:
+            resolved = None
     if resolved is not None and resolved.model_id != lm.model_id:
         resolved = None  # the wrapped model is not what the config names
     if resolved is None:
@@ -95,6 +107,8 @@ def model_fingerprint(lm: Fingerprinted) -> str:
                 lm.model_id,
             )
         fingerprint = f"hub:{revision or 'unpinned'}"
+    if resolved is not None:
+        fingerprint += suffix
     _FINGERPRINTS[lm] = fingerprint
     return fingerprint
 

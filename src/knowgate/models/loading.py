@@ -6,13 +6,13 @@ import logging
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from knowgate.errors import ModelLoadError, UnknownModelError
-from knowgate.models.cache import cached_checkpoint, default_cache_dir, sha256_file
-from knowgate.models.config import ModelConfig
+from knowgate.errors import MissingPackageError, ModelLoadError, UnknownModelError
+from knowgate.models.cache import cached_checkpoint, default_cache_dir, sha256_file, sha256_of
+from knowgate.models.config import ADAPTER_CONFIG_FILE, ModelConfig, adapter_base_model
 from knowgate.models.packaged import PACKAGED_MODELS, PackagedModel
 
 log = logging.getLogger(__name__)
@@ -29,12 +29,15 @@ class ResolvedSource:
         model_id: the identifier recorded in traces and policy artifacts.
         location: path or hub id to load from.
         packaged: the packaged-model entry, for ``kind == "packaged"``.
+        adapter_sha256: SHA-256 of the LoRA adapter merged into the weights, if any (it is part
+            of ``model_id``).
     """
 
     kind: SourceKind
     model_id: str
     location: str
     packaged: PackagedModel | None = None
+    adapter_sha256: str | None = None
 
 
 def _looks_like_hub_id(source: str) -> bool:
@@ -52,6 +55,11 @@ def resolve_source(source: str) -> ResolvedSource:
             raise ModelLoadError(f"GGUF file not found: {path}")
         return ResolvedSource("gguf", str(path.resolve()), str(path.resolve()))
     if path.is_dir():
+        if (path / ADAPTER_CONFIG_FILE).is_file() and not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"{path} is a LoRA adapter, not a model: load it through ModelConfig(source=...) "
+                "or ModelConfig(adapter=...), which find its base model"
+            )
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{path} is a directory but has no config.json: not a model dir")
         return ResolvedSource("local", str(path.resolve()), str(path.resolve()))
@@ -62,6 +70,116 @@ def resolve_source(source: str) -> ResolvedSource:
         f"unknown model {source!r}. Known packaged models: {known}; or pass a Hugging Face hub id "
         f"(org/name), a local model directory, or a .gguf file."
     )
+
+
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+
+
+def adapter_sha256(directory: Path) -> str:
+    """SHA-256 over an adapter's config and weights (the identity of a fine-tuned model).
+
+    Raises:
+        ModelLoadError: the directory lacks ``adapter_config.json`` or the safetensors weights.
+    """
+    files = [directory / ADAPTER_CONFIG_FILE, directory / ADAPTER_WEIGHTS_FILE]
+    missing = [p.name for p in files if not p.is_file()]
+    if missing:
+        raise ModelLoadError(f"adapter {directory} lacks {', '.join(missing)} (peft format)")
+
+    def blocks() -> Any:
+        for path in files:
+            yield f"{path.name}\n".encode()
+            yield path.read_bytes()
+
+    return sha256_of(blocks())
+
+
+def adapter_model_id(base_id: str, directory: Path, sha256: str) -> str:
+    """``<base>+<adapter folder>@<sha256[:12]>``: a fine-tuned model is a different model."""
+    return f"{base_id}+{directory.name}@{sha256[:12]}"
+
+
+def apply_adapter(model: Any, directory: Path, base_source: str) -> Any:
+    """Load a LoRA adapter onto ``model`` with peft and merge it into the weights.
+
+    Merging leaves a plain transformers model, so hooks, decoding and speed are those of the
+    base model.
+
+    Raises:
+        MissingPackageError: peft is not installed.
+        ModelLoadError: the adapter names another base model or does not fit this one.
+    """
+    try:
+        from peft import PeftModel
+    except ImportError as exc:
+        raise MissingPackageError(
+            "loading a LoRA adapter needs the peft package: pip install 'knowgate[study]'"
+        ) from exc
+    try:
+        named_base = adapter_base_model(directory)
+    except ValueError:
+        named_base = None
+    if named_base is not None and not _same_model(named_base, base_source):
+        raise ModelLoadError(
+            f"adapter {directory} was trained on {named_base!r}, not on {base_source!r}"
+        )
+    expected = _adapter_shapes(directory)
+    modules = dict(model.named_modules())
+    for key, shape in expected.items():
+        problem = _adapter_key_problem(key, shape, modules)
+        if problem:
+            raise ModelLoadError(
+                f"adapter {directory} does not fit base model {base_source!r}: {problem}"
+            )
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(directory), is_trainable=False)
+        return peft_model.merge_and_unload()
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise ModelLoadError(
+            f"adapter {directory} does not fit base model {base_source!r}: {exc}"
+        ) from exc
+
+
+def _same_model(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    try:
+        return resolve_source(a).model_id == resolve_source(b).model_id
+    except ModelLoadError:
+        return False
+
+
+def _adapter_shapes(directory: Path) -> dict[str, tuple[int, ...]]:
+    from safetensors import safe_open
+
+    path = directory / ADAPTER_WEIGHTS_FILE
+    if not path.is_file():
+        raise ModelLoadError(f"adapter {directory} has no {ADAPTER_WEIGHTS_FILE}")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118
+    except Exception as exc:  # safetensors raises its own error types
+        raise ModelLoadError(f"cannot read {path}: {exc}") from exc
+
+
+def _adapter_key_problem(key: str, shape: tuple[int, ...], modules: dict[str, Any]) -> str | None:
+    """Why a LoRA weight (``base_model.model.<module>.lora_A.weight``) does not fit, if it does not.
+
+    peft itself only warns about adapter weights that match no module, so an adapter for another
+    architecture would load as a silent no-op; this check refuses it instead.
+    """
+    name = key.removeprefix("base_model.model.")
+    for part in (".lora_A.weight", ".lora_B.weight"):
+        if name.endswith(part):
+            target = modules.get(name.removesuffix(part))
+            if target is None or not hasattr(target, "in_features"):
+                return f"{name.removesuffix(part)!r} is not a linear layer of this model"
+            if part == ".lora_A.weight" and shape[-1] != target.in_features:
+                return f"{key} expects {shape[-1]} inputs, the layer has {target.in_features}"
+            if part == ".lora_B.weight" and shape[0] != target.out_features:
+                return f"{key} has {shape[0]} outputs, the layer has {target.out_features}"
+            return None
+    return None  # other adapter tensors (biases, magnitude vectors) are peft's to check
 
 
 def _dequantize_into(gguf_dir: Path, gguf_file: str, out: Path) -> None:
@@ -140,6 +258,14 @@ def load_pretrained(config: ModelConfig) -> tuple[Any, Any, ResolvedSource]:
             else ""
         )
         raise ModelLoadError(f"could not load model {config.source!r}: {exc}.{hint}") from exc
+    if config.adapter is not None:
+        sha = adapter_sha256(config.adapter)
+        model = apply_adapter(model, config.adapter, config.source)
+        resolved = replace(
+            resolved,
+            model_id=adapter_model_id(resolved.model_id, config.adapter, sha),
+            adapter_sha256=sha,
+        )
     model = model.to(config.device).eval()  # type: ignore[arg-type]  # transformers stub
     log.info("loaded %s in %.1f s", resolved.model_id, time.perf_counter() - start)
     return model, tokenizer, resolved
