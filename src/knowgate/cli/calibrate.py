@@ -145,6 +145,7 @@ def calibrate(
         sel = result.summary.selected
         x, columns, recipe = table.matrix(selected), list(selected), fused_recipe
         if policy_kind != "fused":
+            assert not isinstance(lm, RemoteModel)  # refused above
             arrays = ClosedBookArrays.concatenate(
                 closed_book_arrays(lm, ds, cache_dir) for ds in datasets
             )

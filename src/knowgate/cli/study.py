@@ -57,6 +57,8 @@ def fabricated(
     progress: bool = ProgressOpt,
 ) -> None:
     """Real vs fabricated entities in identical PopQA templates: every signal's separation."""
+    from knowgate.errors import ConfigError
+    from knowgate.models import LanguageModel
     from knowgate.studies.fabricated import FabricatedStudyConfig, run_fabricated_study
     from knowgate.studies.fabricated_data import PERSON_RELATIONS
 
@@ -74,6 +76,11 @@ def fabricated(
             source="command line",
         )
         lm = load_language_model(model)
+        if not isinstance(lm, LanguageModel):
+            raise ConfigError(
+                "the familiarity studies read a local model's activations; a served model "
+                "returns none"
+            )
         results = run_fabricated_study(
             lm,
             config,

@@ -545,8 +545,10 @@ class Router:
         self, streams: Sequence[TextSink | None], rows: Sequence[int]
     ) -> TokenCallback | None:
         """The ``on_token`` of a decode over requests ``rows``, feeding their answer streams."""
+        lm = self.model
+        assert isinstance(lm, LanguageModel)  # a served model's answers arrive whole
         texts = {
-            j: AnswerStream.for_model(self.model, sink)
+            j: AnswerStream.for_model(lm, sink)
             for j, i in enumerate(rows)
             if (sink := streams[i]) is not None
         }

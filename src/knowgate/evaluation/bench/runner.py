@@ -188,7 +188,9 @@ def run_branches(
             lm, ds, cache_dir=closed_book_cache, batch_size=batch_size, progress=progress
         )
         cb_records.extend(records)
-        if arrays is not None:
+        if arrays is not None and isinstance(lm, RemoteModel):  # a server returns no activations
+            arrays = None
+        elif arrays is not None and not isinstance(lm, RemoteModel):
             try:
                 arrays.append(closed_book_arrays(lm, ds, closed_book_cache))
             except DataError as exc:
