@@ -590,7 +590,6 @@ class Router:
         gated = [i for i in rows if i not in free]
         signals = self.signals_for([policies[i] for i in gated]) if gated else self.signal_config
         features: list[dict[str, float]] = [{} for _ in rows]
-        inputs: list[dict[str, Any]] = [{} for _ in rows]
         decisions: dict[int, Decision] = {}
         if free:
             t = time.perf_counter()
@@ -615,21 +614,19 @@ class Router:
             for i in gated:
                 capture = pre.captures[pre_index[i]]
                 features[i] = self._features(queries[i], capture, metadata[i], signals)
-                inputs[i] = self._inputs(features[i], capture, signals)
             stages.add("signals", time.perf_counter() - t, gated)
 
             if self.mode == "draft":  # every row is gated and prefilled, in order
                 t = time.perf_counter()
                 for i, d in zip(gated, self.model.decode(pre), strict=True):
                     drafts[i] = d
-                    added = draft_features(d.stats)
-                    features[i].update(added)
-                    inputs[i].update(added)
+                    features[i].update(draft_features(d.stats))
                 stages.add("decode", time.perf_counter() - t, gated)
 
             t = time.perf_counter()
             for i in gated:
-                decisions[i] = policies[i].decide(inputs[i])
+                inputs = self._inputs(features[i], pre.captures[pre_index[i]], signals)
+                decisions[i] = policies[i].decide(inputs)
             stages.add("policy", time.perf_counter() - t, gated)
 
         wants = [i for i in rows if decisions[i].retrieve]

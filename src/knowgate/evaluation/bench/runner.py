@@ -179,7 +179,8 @@ def run_branches(
     retrieval = RetrievalBranch(lm, knowledge_base, knowledge_base_dir=knowledge_base_dir, k=k)
     cb_records, rag_records = [], []
     peer_records: list[PeerRecord] = []
-    arrays: list[ClosedBookArrays] | None = []
+    # A served model returns no activations: no stored arrays, so no probes or layer study.
+    arrays: list[ClosedBookArrays] | None = None if isinstance(lm, RemoteModel) else []
     seconds: dict[str, float] = {}
     timings: dict[str, ClosedBookTiming] = {}
     for ds in datasets:
@@ -188,9 +189,7 @@ def run_branches(
             lm, ds, cache_dir=closed_book_cache, batch_size=batch_size, progress=progress
         )
         cb_records.extend(records)
-        if arrays is not None and isinstance(lm, RemoteModel):  # a server returns no activations
-            arrays = None
-        elif arrays is not None and not isinstance(lm, RemoteModel):
+        if arrays is not None and not isinstance(lm, RemoteModel):
             try:
                 arrays.append(closed_book_arrays(lm, ds, closed_book_cache))
             except DataError as exc:
