@@ -274,6 +274,8 @@ def test_bench_rejects_bad_options_before_loading_a_model(tmp_path, monkeypatch)
     cases = [
         (["--sample", "q=zero"], "expected NAME=N"),
         (["--sample", "other=5"], "not in --data"),
+        (["--sample", "q=5/0"], "expected NAME=N"),
+        (["--peer-sample", "q=4/2"], "expected NAME=N"),
         (["--calibration", "beta"], "--calibration must be one of"),
         ([], "knowledge base not found"),
     ]
@@ -281,3 +283,37 @@ def test_bench_rejects_bad_options_before_loading_a_model(tmp_path, monkeypatch)
         result = runner.invoke(app, base + extra)
         assert result.exit_code == 2, result.output
         assert message in result.output
+
+
+def test_bench_nested_sample_draws_from_the_outer_sample(tmp_path, monkeypatch) -> None:
+    """``--sample q=4/2`` is a seeded 2 of the seeded 4, the questions a staged cache holds."""
+    import numpy as np
+
+    import knowgate.evaluation.bench.runner as bench_runner
+    import knowgate.retrieval as retrieval
+
+    data = tmp_path / "q.jsonl"
+    data.write_text(
+        "".join(
+            f'{{"id": "r{i}", "question": "q{i}?", "golden_answers": ["a"]}}\n' for i in range(10)
+        )
+    )
+    seen: list[list[str]] = []
+
+    class Stop(Exception):
+        pass
+
+    def capture(_lm, datasets, *args, **kwargs):
+        seen.extend([ex.id for ex in ds] for ds in datasets)
+        raise Stop
+
+    monkeypatch.setattr("knowgate.cli.bench.load_language_model", lambda _source: object())
+    monkeypatch.setattr(retrieval.KnowledgeBase, "load", classmethod(lambda cls, path: object()))
+    monkeypatch.setattr(bench_runner, "run_branches", capture)
+    args = ["bench", "--data", str(data), "--kb", str(tmp_path), "--out", str(tmp_path / "o")]
+    result = runner.invoke(app, [*args, "--sample", "q=4/2"])
+    assert isinstance(result.exception, Stop), result.output
+    # the definition, by hand: seeded indices without replacement, kept in file order, twice
+    outer = np.sort(np.random.default_rng(0).choice(10, size=4, replace=False))
+    inner = np.sort(np.random.default_rng(0).choice(4, size=2, replace=False))
+    assert seen == [[f"r{outer[i]}" for i in inner]]

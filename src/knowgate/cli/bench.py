@@ -21,15 +21,28 @@ from knowgate.cli.common import (
 from knowgate.models.config import DEFAULT_MODEL
 
 
-def _parse_samples(specs: list[str], option: str = "--sample") -> dict[str, int]:
+def _parse_samples(
+    specs: list[str], option: str = "--sample", *, nested: bool = False
+) -> dict[str, tuple[int, ...]]:
+    """``NAME=N`` specs; with ``nested``, ``NAME=N1/N2`` draws N2 from a sample of N1.
+
+    Nesting lets a run reuse caches filled in stages (a seeded 250 of a seeded 1,000), which a
+    fresh sample of 250 would not match.
+    """
     from knowgate.errors import ConfigError
 
-    out: dict[str, int] = {}
+    example = "squad_dev=1000 or squad_dev=1000/250" if nested else "squad_dev=1000"
+    out: dict[str, tuple[int, ...]] = {}
     for spec in specs:
-        name, sep, size = spec.partition("=")
-        if not sep or not name.strip() or not size.strip().isdigit() or int(size) < 1:
-            raise ConfigError(f"{option} {spec!r}: expected NAME=N with N >= 1 (squad_dev=1000)")
-        out[name.strip()] = int(size)
+        name, sep, sizes = spec.partition("=")
+        parts = sizes.split("/") if nested else [sizes]
+        if (
+            not sep
+            or not name.strip()
+            or not all(p.strip().isdigit() and int(p) >= 1 for p in parts)
+        ):
+            raise ConfigError(f"{option} {spec!r}: expected NAME=N with N >= 1 ({example})")
+        out[name.strip()] = tuple(int(p) for p in parts)
     return out
 
 
@@ -75,7 +88,8 @@ def bench(
     sample: list[str] = typer.Option(
         [],
         "--sample",
-        help="NAME=N: a seeded random sample of N questions of that dataset (squad_dev=1000).",
+        help="NAME=N: a seeded random sample of N questions of that dataset (squad_dev=1000); "
+        "NAME=N1/N2: N2 of a sample of N1 (reuses caches filled in stages).",
     ),
     sample_seed: int = typer.Option(0, "--sample-seed", help="Seed of --sample."),
     seed: int = typer.Option(0, "--seed", help="Split, tie-breaking and bootstrap seed."),
@@ -153,8 +167,10 @@ def bench(
 
     with user_errors():
         check_calibration(calibration)
-        samples = _parse_samples(sample)
-        peer_samples = _parse_samples(peer_sample, "--peer-sample")
+        samples = _parse_samples(sample, nested=True)
+        peer_samples = {
+            name: sizes[0] for name, sizes in _parse_samples(peer_sample, "--peer-sample").items()
+        }
         model_config = None
         if config_file is not None:  # read first: a bad config fails before any long load
             from knowgate.config import load_config
@@ -165,8 +181,8 @@ def bench(
         datasets = []
         for name in names:
             ds = load_dataset(name, limit=limit, data_dir=data_dir)
-            if ds.name in samples:
-                ds = sample_dataset(ds, samples.pop(ds.name), seed=sample_seed)
+            for size in samples.pop(ds.name, ()):
+                ds = sample_dataset(ds, size, seed=sample_seed)
             datasets.append(ds)
         if samples:
             raise DataError(f"--sample names datasets not in --data: {', '.join(samples)}")
