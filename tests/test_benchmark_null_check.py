@@ -37,6 +37,23 @@ def test_hanley_mcneil_variance_at_one_half_is_the_mann_whitney_null() -> None:
     assert stratified_auroc_variance(within) == pytest.approx(auroc_variance(0.5, 1, 2) / 2)
 
 
+def test_the_null_variance_ignores_how_far_the_estimate_drifted() -> None:
+    # one group, 3 positives ranked above all 7 negatives: AUROC 1, Hanley-McNeil variance 0
+    y = np.array([1, 1, 1, 0, 0, 0, 0, 0, 0, 0])
+    s = np.arange(10, 0, -1, dtype=float)
+    within = stratified_auroc(y, s, ["g"] * 10)
+    assert within.auroc == 1.0
+    assert stratified_auroc_variance(within) == pytest.approx(0.0)
+    # under the null: (n1 + n0 + 1) / (12 n1 n0) = 11 / 252, by hand
+    assert stratified_auroc_variance(within, at=0.5) == pytest.approx(11 / 252)
+    # two groups with 3x7 and 2x8 pairs: weights 21/37 and 16/37 on each null variance
+    y2 = np.concatenate([y, [1, 1, 0, 0, 0, 0, 0, 0, 0, 0]])
+    s2 = np.concatenate([s, np.arange(10, dtype=float)])
+    two = stratified_auroc(y2, s2, ["g"] * 10 + ["h"] * 10)
+    expected = (21 / 37) ** 2 * 11 / 252 + (16 / 37) ** 2 * 11 / (12 * 2 * 8)
+    assert stratified_auroc_variance(two, at=0.5) == pytest.approx(expected)
+
+
 def test_main_policies_do_not_rank_permuted_labels(table) -> None:
     main = candidates(table, ["fused", "popularity"])
     check = null_check(table, main, folds=3, seed=0)

@@ -199,8 +199,16 @@ def auroc_variance(value: float, n_positive: int, n_negative: int) -> float:
     )
 
 
-def stratified_auroc_variance(result: StratifiedAUROC) -> float:
-    """Variance of a within-group AUROC: the pair-weighted per-group Hanley-McNeil variances."""
+def stratified_auroc_variance(result: StratifiedAUROC, *, at: float | None = None) -> float:
+    """Variance of a within-group AUROC: the pair-weighted per-group Hanley-McNeil variances.
+
+    Args:
+        result: the within-group AUROC.
+        at: evaluate every group's variance at this AUROC instead of its estimate. ``at=0.5`` is
+            the variance under "no ranking" (the Mann-Whitney null), the one a test of 0.5 needs:
+            the variance at the estimate shrinks as a small group's AUROC drifts towards 0 or 1
+            by chance, which makes such a test reject too often.
+    """
     if not result.n_pairs:
         return float("nan")
     total = 0.0
@@ -208,7 +216,8 @@ def stratified_auroc_variance(result: StratifiedAUROC) -> float:
         pairs = group.n_positive * (group.n - group.n_positive)
         if pairs:
             weight = pairs / result.n_pairs
-            var = auroc_variance(group.auroc, group.n_positive, group.n - group.n_positive)
+            value = group.auroc if at is None else at
+            var = auroc_variance(value, group.n_positive, group.n - group.n_positive)
             total += weight**2 * var
     return total
 

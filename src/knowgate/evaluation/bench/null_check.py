@@ -11,9 +11,14 @@ AUROCs (about +0.45 for a logistic regression on noise) and widens the pooled st
 beyond the textbook variance, so a pooled test would cry wolf. The pooled AUROC is reported for
 reference only (it may also exceed 0.5 here by recognising the dataset).
 
-The intervals are normal intervals with Hanley and McNeil's variance of each dataset's AUROC
-(at 0.5 exactly the null variance), at a family-wise confidence (Bonferroni over every fold of
-every policy), so "every interval contains 0.5" is one 95% statement.
+The intervals are normal intervals around each fold's AUROC with its variance *under the null*:
+the pair-weighted Mann-Whitney null variance of each dataset's AUROC, ``(n1 + n0 + 1) / (12 n1
+n0)`` (Hanley and McNeil's variance at 0.5; ties only make the true null variance smaller, so
+this errs towards not rejecting). An interval contains 0.5 exactly when the z-test of "no
+ranking" does not reject. The variance at the observed AUROC would not do: with a few positives
+per fold and dataset it shrinks whenever the AUROC drifts from 0.5 by chance, and the test
+rejects far more often than its level. The confidence is family-wise (Bonferroni over every
+fold of every policy), so "every interval contains 0.5" is one 95% statement.
 
 A leak - a row's label reaching the fit that scores it, a cut chosen on the held-out rows, a
 feature computed from the answer's correctness - shows up as fold intervals above 0.5.
@@ -100,7 +105,7 @@ def null_aurocs(
         for fold in fit.folds:
             test = fold.test
             within = stratified_auroc(y[test], fit.score[test], lab.datasets[test])
-            half = z * float(np.sqrt(stratified_auroc_variance(within)))
+            half = z * float(np.sqrt(stratified_auroc_variance(within, at=0.5)))
             intervals.append(Interval.of(within.auroc, within.auroc - half, within.auroc + half))
         rows = candidate.rows
         verdicts = [i.contains(0.5) for i in intervals]
