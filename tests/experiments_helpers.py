@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from knowgate.experiments import DecisionRow, Experiment
 from knowgate.policy import build_policy
 
 GATE = {"feature": "next_token_max_prob", "direction": "higher_is_known"}
+
+
+def expected_arm(salt: str, unit: str, arms_and_weights: Sequence[tuple[str, float]]) -> str:
+    """The assignment rule docs/experiments.md documents, written out independently of the code.
+
+    bucket = SHA-256(salt + "." + unit id), first 8 bytes big-endian, modulo 10,000; each arm owns
+    a contiguous range of buckets proportional to its weight, in arm order.
+    """
+    bucket = int.from_bytes(hashlib.sha256(f"{salt}.{unit}".encode()).digest()[:8], "big") % 10_000
+    total = sum(w for _, w in arms_and_weights)
+    cumulative = 0.0
+    for arm, weight in arms_and_weights:
+        cumulative += weight
+        if bucket < round(cumulative / total * 10_000):
+            return arm
+    return arms_and_weights[-1][0]
 
 
 def gate_policy(value: float = 0.4):

@@ -16,6 +16,11 @@ import json
 
 import numpy as np
 import pytest
+from numpy.typing import NDArray
+from scipy.special import expit, logit
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 from typer.testing import CliRunner
 
 from bench_helpers import (
@@ -27,15 +32,16 @@ from bench_helpers import (
     synthetic_records,
 )
 from knowgate.cli import app
-from knowgate.evaluation.bench.policies import HEADLINE, held_out_policies
+from knowgate.evaluation.bench.policies import HEADLINE, PolicyCandidate, held_out_policies
 from knowgate.evaluation.bench.report import write_report
 from knowgate.evaluation.bench.runner import evaluate_benchmark
 from knowgate.evaluation.bench.table import BenchTable, build_bench_table
 from knowgate.evaluation.both_branches import CACHE_FILE, read_both_branches, write_both_branches
 from knowgate.evaluation.branches.timing import ClosedBookTiming
-from knowgate.evaluation.cross_fitting import cross_fit, inner_splits, logistic_learner
+from knowgate.evaluation.cross_fitting import Learner
 from knowgate.experiments import replay
 from knowgate.policy import build_policy, fit_fused
+from knowgate.policy.selection import Logistic
 
 
 @pytest.fixture(scope="module")
@@ -166,59 +172,142 @@ def test_popularity_policy_is_cross_fitted_on_popqa_rows_only(result, table) -> 
     assert "popularity (s_pop)" not in result.curves
 
 
-def test_question_groups_never_straddle_a_split(table) -> None:
-    groups = table.labelled.groups
-    _, counts = np.unique(groups, return_counts=True)
-    assert (counts == 2).sum() == N_QUESTIONS // SHARED_EVERY  # the shared questions
-    held = held_out_policies(table, folds=3, families=["fused"])
-    inner = inner_splits(held.splits, table.cb_correct, groups, folds=3, seed=0)
-    assert inner is not None
-    covered = np.zeros(table.n, dtype=int)
-    for (train, test), folds in zip(held.splits, inner, strict=True):
-        covered[test] += 1
-        assert not set(groups[train]) & set(groups[test])
-        for inner_train, inner_test in folds:  # indices into the outer training rows
-            assert not set(groups[train][inner_train]) & set(groups[train][inner_test])
-    assert (covered == 1).all()  # every row is held out exactly once
+def question_numbers(table: BenchTable) -> NDArray[np.int64]:
+    """Each row's question, read from its example id (``<dataset>-<i>``), not from the groups."""
+    return np.array([int(r.example.id.rsplit("-", 1)[1]) for r in table.labelled.records])
 
 
-def test_no_probability_comes_from_a_model_that_saw_its_row(table) -> None:
-    """Row ids ride along as column 0; the learner records what it trained on and scored."""
-    names = list(INFORMATIVE)
-    x = np.column_stack([np.arange(table.n), table.labelled.matrix(names)])
-    seen: list[tuple[set[int], set[int]]] = []
+#: One learner call: the rows (table row numbers) the model was fitted on, the rows it scored.
+Call = tuple[frozenset[int], frozenset[int]]
 
-    def recording_learner(xx, yy, nn):
-        trained = {int(v) for v in xx[:, 0]}
-        model = logistic_learner(xx[:, 1:], yy, nn[1:])
+MEMORY_LOGIT = 4.0  # sigmoid(4) = 0.982, sigmoid(-4) = 0.018
 
-        class Recorded:
+
+def memorising_learner(calls: list[Call]) -> Learner:
+    """A learner that knows the label of every question it was fitted on and nothing else.
+
+    Columns: the row number, then the question number. On a question it saw, it is sure of the
+    label (logit +-4); on any other it says its training rows' base rate (the logit of their
+    mean label). So a probability shows whether the model behind it saw the row's question:
+    with no calibration, a question it did not see gets exactly its training rows' mean label.
+    Every scoring call is recorded in ``calls`` with the rows its model was fitted on.
+    """
+
+    def learner(x, y, names):
+        trained = frozenset(int(v) for v in x[:, 0])
+        sure = np.where(y == 1, MEMORY_LOGIT, -MEMORY_LOGIT)
+        known = {int(q): float(v) for q, v in zip(x[:, 1], sure, strict=True)}
+        base = float(logit(y.mean()))
+
+        class Memorised:
             def logits(self, xs):
-                seen.append((trained, {int(v) for v in xs[:, 0]}))
-                return model.logits(xs[:, 1:])
+                calls.append((trained, frozenset(int(v) for v in xs[:, 0])))
+                return np.array([known.get(int(q), base) for q in xs[:, 1]])
 
-        return Recorded()
+        return Memorised()
 
-    held = held_out_policies(table, folds=3, families=[])
-    fit = cross_fit(
+    return learner
+
+
+@pytest.fixture(scope="module")
+def memorised(table):
+    """The memorising learner cross-fitted like every benchmark policy (3 outer, 3 inner folds)."""
+    calls: list[Call] = []
+    x = np.column_stack([np.arange(table.n), question_numbers(table)]).astype(np.float64)
+    candidate = PolicyCandidate(
+        "memoriser",
+        "test",
+        "prefill",
+        ("row", "question"),
         x,
-        table.cb_correct,
-        table.labelled.groups,
-        ["row", *names],
-        held.splits,
-        calibration="sigmoid",
-        inner_folds=3,
-        learner=recording_learner,
+        np.ones(table.n, dtype=bool),
+        learner=memorising_learner(calls),
     )
-    assert seen and all(not trained & scored for trained, scored in seen)
-    for fold in fit.folds:
-        assert np.isfinite(fold.p_train).all() and fold.p_train.size == fold.train.size
-        # the held-out rows are scored by the model fitted on exactly the training rows
-        assert ({int(i) for i in fold.train}, {int(i) for i in fold.test}) in seen
-    # every training row's out-of-fold probability: one inner model per inner fold scored it
-    outer = [{int(i) for i in f.train} for f in fit.folds]
-    inner_scored = [scored for trained, scored in seen if trained not in outer]
-    assert sum(len(s) for s in inner_scored) == sum(f.train.size for f in fit.folds)
+    held = held_out_policies(table, folds=3, calibration="none", jobs=[candidate])
+    return held, held.policies["memoriser"], list(calls), x
+
+
+def test_question_groups_never_straddle_a_split(table, memorised) -> None:
+    held, _, calls, _ = memorised
+    question = question_numbers(table)
+    _, counts = np.unique(question, return_counts=True)
+    # Precondition: 90 questions occur in both datasets, so a grouping bug has rows to split.
+    assert (counts == 2).sum() == N_QUESTIONS // SHARED_EVERY and counts.max() == 2
+    covered = np.zeros(table.n, dtype=int)
+    for train, test in held.splits:
+        covered[test] += 1
+        assert not set(question[train]) & set(question[test])
+    assert (covered == 1).all()  # every row is held out exactly once
+    # Every model the cross-fit actually fitted and used - the three inner models and the
+    # training-fold model of each of the three outer folds - scored only questions it never saw.
+    assert len(calls) == 3 * (3 + 1)
+    for trained, scored in calls:
+        assert trained and scored
+        assert not set(question[list(trained)]) & set(question[list(scored)])
+
+
+def test_training_fold_probabilities_come_from_inner_models(table, memorised) -> None:
+    """Each training row's p(known) is the base rate of an inner model that did not see it."""
+    _, policy, calls, x = memorised
+    y = table.cb_correct
+    assert len(policy.folds) == 3
+    for fold in policy.folds:
+        train = [int(i) for i in fold.train]
+        inner = [(t, s) for t, s in calls if t | s == set(train) and not t & s]
+        # three inner models whose held-out parts cover the training rows once
+        assert len(inner) == 3 and sorted(i for _, s in inner for i in s) == sorted(train)
+        expected = {i: y[list(t)].mean() for t, s in inner for i in s}
+        np.testing.assert_allclose(fold.p_train, [expected[i] for i in train], rtol=0, atol=1e-12)
+        # The held-out rows: the training-fold model's base rate (their questions are unseen).
+        np.testing.assert_allclose(fold.p_test, y[train].mean(), rtol=0, atol=1e-12)
+        # A model fitted on the whole training fold has seen every training row: it would give
+        # 0.982 or 0.018 instead, so a leak could not pass the check above.
+        leaked = expit(fold.model.logits(x[fold.train]))
+        assert np.all(np.abs(leaked - fold.p_train) > 0.15)
+
+
+def test_logistic_out_of_fold_probabilities_match_scikit_learn(table, memorised) -> None:
+    """The fused policies' learner and Platt calibration, recomputed with scikit-learn."""
+    _, memo, calls, _ = memorised
+    names = list(INFORMATIVE)
+    candidate = PolicyCandidate(
+        "logistic",
+        "test",
+        "prefill",
+        tuple(names),
+        table.labelled.matrix(names),
+        np.ones(table.n, dtype=bool),
+        learner=Logistic(c=1.0),  # the fused policies' inner cross-validation, on fixed inputs
+    )
+    held = held_out_policies(table, folds=3, calibration="sigmoid", jobs=[candidate])
+    x, y = table.labelled.matrix(names), table.cb_correct
+
+    def regression(rows: list[int]):
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
+        return model.fit(x[rows], y[rows])
+
+    for fold, memo_fold in zip(held.policies["logistic"].folds, memo.folds, strict=True):
+        assert np.array_equal(fold.train, memo_fold.train)  # the same folds for every policy
+        train = [int(i) for i in fold.train]
+        position = {row: k for k, row in enumerate(train)}
+        oof = np.full(len(train), np.nan)
+        # the inner parts the memorising learner was fitted and scored on: shared by all policies
+        for trained, scored in calls:
+            if trained | scored == set(train) and not trained & scored:
+                rows = sorted(scored)
+                oof[[position[i] for i in rows]] = regression(sorted(trained)).decision_function(
+                    x[rows]
+                )
+        assert np.isfinite(oof).all()
+        # Platt scaling fitted on the out-of-fold logits of the training rows
+        platt = LogisticRegression(C=np.inf).fit(oof[:, None], y[train])
+        np.testing.assert_allclose(fold.p_train, platt.predict_proba(oof[:, None])[:, 1], atol=1e-6)
+        # the held-out rows: the regression on all training rows, calibrated the same way
+        full = regression(train).decision_function(x[fold.test])
+        np.testing.assert_allclose(fold.p_test, platt.predict_proba(full[:, None])[:, 1], atol=1e-6)
+        # in-sample logits (a leak) differ from the out-of-fold ones the cuts are chosen on
+        in_sample = regression(train).decision_function(x[train])
+        assert np.abs(in_sample - oof).max() > 1e-3
 
 
 def test_cuts_are_chosen_on_training_rows_only(table) -> None:

@@ -20,6 +20,7 @@ from knowgate.retrieval import Document, KnowledgeBase
 from knowgate.routing import Router
 
 ROOT = Path(__file__).resolve().parents[1]
+QUESTION = "When was knowgate released?"
 runner = CliRunner()
 
 
@@ -150,29 +151,66 @@ def assert_quiet(stderr: str) -> None:
         assert bar not in stderr, stderr[-2000:]
 
 
-@pytest.mark.slow
-def test_ask_json_subprocess(kb_dir: Path) -> None:
-    proc = _cli("ask", "When was knowgate released?", "--kb", str(kb_dir), "--json")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert_quiet(proc.stderr)
-    data = json.loads(proc.stdout)
-    d = data["decision"]
-    assert data["model"] == "smollm2-135m" and data["query"] == "When was knowgate released?"
-    # The shipped fused policy decides: its id and threshold, p_known below it retrieves.
+def test_ask_threshold_override_pins_the_branch(smollm, kb_dir: Path, monkeypatch) -> None:
+    """The shipped policy decides by default; thresholds 0 and 1 fix its decision.
+
+    p_known is a probability, so ``p_known < 0`` never holds (closed-book), and the fused
+    policy's convention makes a threshold of 1 retrieve always: either way the branch is known
+    before the model runs, whatever p_known this question gets.
+    """
+    monkeypatch.setattr(
+        "knowgate.cli.ask.load_router",
+        lambda config, **kw: Router.from_config(config, model=smollm),
+    )
+
+    def ask(*extra: str) -> dict:
+        result = runner.invoke(app, ["ask", QUESTION, "--kb", str(kb_dir), "--json", *extra])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    shipped = ask()
+    d = shipped["decision"]
     assert (d["policy"], d["threshold"], d["mode"]) == (
         SHIPPED["policy_id"],
         SHIPPED["threshold"],
         "pre",
     )
+    assert 0.0 <= d["p_known"] <= 1.0 and d["retrieve"] is (d["p_known"] < d["threshold"])
+
+    closed = ask("--threshold", "0")
+    c = closed["decision"]
+    assert (c["retrieve"], c["threshold"]) == (False, 0.0)
+    assert c["p_known"] == pytest.approx(d["p_known"], abs=1e-6)  # the same signals
+    assert c["policy"].startswith("fused-v1:smollm2-135m:") and c["policy"] != d["policy"]
+    # the answer is decoded from the gate's own prefill: one LM call, no retriever
+    assert closed["calls"] == {"lm": 1, "retriever": 0} and closed["passages"] == []
+
+    rag = ask("--threshold", "1")
+    r = rag["decision"]
+    assert (r["retrieve"], r["threshold"]) == (True, 1.0)
+    assert r["p_known"] == pytest.approx(d["p_known"], abs=1e-6)  # the same signals
+    # the gate's prefill, then the answer with the knowledge base's only passage
+    assert rag["calls"] == {"lm": 2, "retriever": 1}
+    assert [(p["id"], p["title"], p["rank"]) for p in rag["passages"]] == [("kg", "knowgate", 1)]
+
+
+@pytest.mark.slow
+def test_ask_json_subprocess(kb_dir: Path) -> None:
+    # A threshold of 1 retrieves always (see above), so the retrieval path runs end to end.
+    proc = _cli("ask", QUESTION, "--kb", str(kb_dir), "--json", "--threshold", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_quiet(proc.stderr)
+    data = json.loads(proc.stdout)
+    d = data["decision"]
+    assert data["model"] == "smollm2-135m" and data["query"] == QUESTION
+    # The shipped fused policy decides, cutting at the override (its id names the threshold).
+    assert d["policy"].startswith("fused-v1:smollm2-135m:") and d["policy"] != SHIPPED["policy_id"]
+    assert (d["threshold"], d["mode"], d["retrieve"]) == (1.0, "pre", True)
+    assert 0.0 <= d["p_known"] <= 1.0
     assert set(SHIPPED["required_features"]) <= set(data["features"])
-    assert d["retrieve"] is (d["p_known"] < d["threshold"])
-    if d["retrieve"]:  # the gate's prefill, then the answer with the knowledge base's passage
-        assert data["calls"] == {"lm": 2, "retriever": 1}
-        assert [(p["id"], p["title"], p["rank"]) for p in data["passages"]] == [
-            ("kg", "knowgate", 1)
-        ]
-    else:  # the answer is decoded from the gate's own prefill
-        assert data["calls"] == {"lm": 1, "retriever": 0} and data["passages"] == []
+    assert data["calls"] == {"lm": 2, "retriever": 1}
+    assert [(p["id"], p["title"], p["rank"]) for p in data["passages"]] == [("kg", "knowgate", 1)]
+    assert data["answer"]
 
 
 SUMMARY = re.compile(

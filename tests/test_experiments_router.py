@@ -1,20 +1,19 @@
 """The ExperimentRouter on top of a real router: arms, logging, config, and the integrations.
 
-Expected arms are computed here from the rule docs/experiments.md documents - bucket =
+Expected arms are computed from the rule docs/experiments.md documents - bucket =
 SHA-256(salt + "." + unit id), first 8 bytes big-endian, modulo 10,000; each arm owns a
-contiguous range of buckets proportional to its weight, in arm order - not with the code under
-test.
+contiguous range of buckets proportional to its weight, in arm order - written out in
+``experiments_helpers.expected_arm``, not with the code under test.
 """
 
 from __future__ import annotations
-
-import hashlib
 
 import pytest
 from langchain_core.callbacks import BaseCallbackHandler, CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 
+from experiments_helpers import expected_arm
 from knowgate.config import RouterConfig, load_config
 from knowgate.errors import ConfigError, ExperimentError, InputError
 from knowgate.experiments import DecisionLog, Experiment, ExperimentRouter, router_from_config
@@ -23,18 +22,6 @@ from knowgate.policy import build_policy
 from knowgate.routing import QueryRouter, Router
 
 Q = ["What is the capital of France?", "Who wrote Hamlet?", "What is 2 + 2?"]
-
-
-def expected_arm(salt: str, unit: str, arms_and_weights: list[tuple[str, float]]) -> str:
-    """The documented assignment rule, written out independently of knowgate.experiments."""
-    bucket = int.from_bytes(hashlib.sha256(f"{salt}.{unit}".encode()).digest()[:8], "big") % 10_000
-    total = sum(w for _, w in arms_and_weights)
-    cumulative = 0.0
-    for arm, weight in arms_and_weights:
-        cumulative += weight
-        if bucket < round(cumulative / total * 10_000):
-            return arm
-    return arms_and_weights[-1][0]
 
 
 SPLIT = [("rag", 1.0), ("closed", 1.0)]
@@ -78,9 +65,12 @@ def test_each_request_uses_its_units_arm_and_every_request_is_logged(smollm, tmp
             assert r.decision.policy == ("always" if arm == "rag" else "never")
             assert r.decision.retrieve is (arm == "rag")
         assert [r.extra["experiment"]["arm"] for r in routed] == ["rag", "closed", "rag"]
-        # The arm changes the decision only: a closed-book answer is the plain router's answer.
+        # The arm changes the decision only: a closed-book answer is the plain router's answer,
+        # which is the model's own greedy answer to the question.
         assert single.extra["experiment"]["arm"] == "closed" and not single.decision.retrieve
         assert single.answer == Router(smollm, build_policy("never")).route(Q[0]).answer
+        assert single.answer == smollm.ask(Q[0]).answer
+        assert "paris" in single.answer.lower()  # not an empty or error answer
         # A request without a unit gets a random one, assigned by the same rule.
         anon = anonymous.extra["experiment"]
         assert anon["unit_id_source"] == "random" and anon["unit_id"].startswith("anon-")

@@ -126,16 +126,45 @@ def test_decode_selected_rows_continues_the_same_cache(smollm) -> None:
         smollm.decode(pre)
 
 
+def _greedy_reference(lm, prompt: str, steps: int) -> tuple[list[int], list[float]]:
+    """Greedy tokens and their log-probabilities from transformers' full forward pass per step.
+
+    No KV cache and no knowgate decoding code: the reference the runner's cached decode must
+    reproduce.
+    """
+    ids = lm.tokenizer(
+        prompt, return_tensors="pt", add_special_tokens=lm._add_special(prompt)
+    ).input_ids
+    tokens: list[int] = []
+    logprobs: list[float] = []
+    with torch.inference_mode():
+        for _ in range(steps):
+            logp = torch.log_softmax(lm.model(input_ids=ids).logits[0, -1].float(), dim=-1)
+            token = int(logp.argmax())
+            tokens.append(token)
+            logprobs.append(float(logp[token]))
+            ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+    return tokens, logprobs
+
+
 def test_max_new_tokens_and_length_stop(smollm) -> None:
     prompt = smollm.format_prompt("Tell me a long story about dragons.")
-    free = smollm.run([prompt], max_new_tokens=16)[0].draft
-    stops = set(smollm.stop_token_ids().tolist())
-    # precondition of the test: the unrestricted answer runs past three tokens without stopping
-    assert len(free.token_ids) > 3 and not stops & set(free.token_ids[:3])
-    short = smollm.run([prompt], max_new_tokens=3)[0].draft
-    assert short.stop_reason == "length"
-    assert short.token_ids == free.token_ids[:3]  # greedy: the same first tokens
-    assert len(short.stats) == 3  # no stop token to exclude
+    expected, logprobs = _greedy_reference(smollm, prompt, 3)
+    # Precondition, read off the reference: none of the first three tokens could end an answer
+    # (no special token such as EOS, no newline), so a limit of 1 or 3 tokens is the only
+    # possible reason to stop and the length branch below always runs.
+    tok = smollm.tokenizer
+    assert not set(expected) & set(tok.all_special_ids), tok.convert_ids_to_tokens(expected)
+    assert all("\n" not in tok.decode([t]) for t in expected), tok.convert_ids_to_tokens(expected)
+    for limit in (1, 3):
+        draft = smollm.run([prompt], max_new_tokens=limit)[0].draft
+        assert draft.stop_reason == "length"
+        assert draft.token_ids == expected[:limit]  # greedy: the reference's first tokens
+        assert len(draft.stats) == limit  # every token is an answer token: none to exclude
+        np.testing.assert_allclose(draft.stats.logprob, logprobs[:limit], atol=1e-3)
+        assert draft.text == tok.decode(expected[:limit], skip_special_tokens=True).strip()
+    # Without the limit the same answer goes on past three tokens.
+    assert smollm.run([prompt], max_new_tokens=16)[0].draft.token_ids[:3] == expected
 
 
 def test_bad_prompts_raise_clear_errors(smollm) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
@@ -35,8 +33,8 @@ def test_constant_magnitude_is_maximally_dense() -> None:
 
 def test_hand_computed_small_vector() -> None:
     h = np.array([3.0, -4.0])
-    # L1 = 7, L2 = 5, d = 2
-    assert sparsity.hoyer(h) == pytest.approx((math.sqrt(2) - 7 / 5) / (math.sqrt(2) - 1))
+    # L1 = 7, L2 = 5, d = 2: (1.414214 - 1.4) / 0.414214 = 0.034315
+    assert sparsity.hoyer(h) == pytest.approx(0.034315, abs=1e-6)
     # sorted |h| = [3, 4]: sum((2i - n - 1) x_i) = -1*3 + 1*4 = 1; / (n * sum) = 1 / 14
     assert sparsity.gini(h) == pytest.approx(1 / 14)
     # |h| / L1 = [3/7, 4/7]: entropy = -(3/7 ln 3/7 + 4/7 ln 4/7) = 0.36313 + 0.31978 = 0.68291
@@ -46,6 +44,42 @@ def test_hand_computed_small_vector() -> None:
     assert sparsity.l0_density(h) == pytest.approx(0.0)
     # top 1% of 2 units rounds up to one unit: 16 / 25
     assert sparsity.topk_energy(h, 1) == pytest.approx(16 / 25)
+
+
+#: Six units with ties, zeros and both signs: |h| sorted is [0, 0, 1, 2, 2, 4].
+SIX = np.array([0.0, -2.0, 1.0, 0.0, 4.0, -2.0])
+
+
+def test_hand_computed_six_unit_vector() -> None:
+    # L1 = 0 + 0 + 1 + 2 + 2 + 4 = 9; sum h^2 = 1 + 4 + 4 + 16 = 25, L2 = 5; sqrt d = 2.449490
+    # Hoyer: (2.449490 - 9/5) / (2.449490 - 1) = 0.649490 / 1.449490 = 0.448082
+    assert sparsity.hoyer(SIX) == pytest.approx(0.448082, abs=1e-6)
+    # Gini from its definition, the mean absolute difference over all ordered pairs / (2 mean):
+    # unordered pairs |x_i - x_j|: 0-0: 0; 0-1 (x2): 2; 0-2 (x4): 8; 0-4 (x2): 8; 1-2 (x2): 2;
+    # 1-4: 3; 2-2: 0; 2-4 (x2): 4 -> 27, ordered 54; G = 54 / (2 * 6^2 * 1.5) = 54 / 108 = 1/2
+    assert sparsity.gini(SIX) == pytest.approx(0.5)
+    # p = |h| / 9 = [0, 0, 1/9, 2/9, 2/9, 4/9] (0 ln 0 = 0): entropy = sum p ln(1/p)
+    # = ln 9 - (4/9) ln 2 - (4/9) ln 4 = ln 9 - (4/3) ln 2 = 1.273028 nats;
+    # exp = 9 / 2^(4/3) = 3.571652 effective units of 6 -> evenness 0.595275
+    assert sparsity.magnitude_evenness(SIX) == pytest.approx(0.595275, abs=1e-6)
+    # mean |h| = 1.5, population variance 25/6 - 2.25 = 23/12, std 1.384437: threshold 2.884437;
+    # only the 4 exceeds it
+    assert sparsity.l0_density(SIX) == pytest.approx(1 / 6)
+    # energies [0, 4, 1, 0, 16, 4] of 25: the top 1% (rounds up to 1 unit) 16; 20% of 6 = 1.2
+    # -> 2 units (16 + 4); 50% -> 3 units (16 + 4 + 4); 100% -> all
+    assert sparsity.topk_energy(SIX, 1) == pytest.approx(16 / 25)
+    assert sparsity.topk_energy(SIX, 20) == pytest.approx(20 / 25)
+    assert sparsity.topk_energy(SIX, 50) == pytest.approx(24 / 25)
+    assert sparsity.topk_energy(SIX, 100) == pytest.approx(1.0)
+    # |h| < 1: the two zeros; |h| < 1.5: the zeros and the 1
+    assert sparsity.near_zero_fraction(SIX, eps=1.0) == pytest.approx(2 / 6)
+    assert sparsity.near_zero_fraction(SIX, eps=1.5) == pytest.approx(3 / 6)
+    # Row by row: the vector reversed, negated and tripled is the same distribution of relative
+    # magnitudes, so these scale-free measures give the same values on the second row.
+    rows = np.stack([SIX, SIX[::-1] * -3.0])
+    np.testing.assert_allclose(sparsity.gini(rows), [0.5, 0.5])
+    np.testing.assert_allclose(sparsity.hoyer(rows), [0.448082, 0.448082], atol=1e-6)
+    np.testing.assert_allclose(sparsity.l0_density(rows), [1 / 6, 1 / 6])
 
 
 def test_near_zero_fraction_counts_below_eps() -> None:
