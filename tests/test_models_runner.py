@@ -179,6 +179,14 @@ def test_bad_prompts_raise_clear_errors(smollm) -> None:
     too_long = "word " * (smollm.max_prompt_tokens + 10)
     with pytest.raises(InputError, match=r"accepts at most \d+"):
         smollm.run([too_long])
+    # a zero budget is a mistake, not "the configured default"
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(InputError, match="max_new_tokens"):
+            smollm.run(["Q: hi"], max_new_tokens=bad)  # type: ignore[arg-type]
+        with pytest.raises(InputError, match="max_new_tokens"):
+            smollm.sample(["Q: hi"], k=1, max_new_tokens=bad)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="max_new_tokens"):
+        smollm.decode(smollm.prefill(["Q: hi"]), max_new_tokens=0)
 
 
 def test_features_are_computable_from_the_capture_alone(smollm) -> None:

@@ -563,6 +563,16 @@ class LanguageModel:
             seconds=seconds,
         )
 
+    def _token_limit(self, max_new_tokens: int | None) -> int:
+        """The decode budget: the configured one when ``None``; 0 is an error, not "default"."""
+        if max_new_tokens is None:
+            return self.config.generation.max_new_tokens
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
+            raise InputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        if max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        return max_new_tokens
+
     def decode(
         self,
         prefill: Prefill,
@@ -595,7 +605,7 @@ class LanguageModel:
             return []
         if any(not 0 <= r < batch for r in selected) or len(set(selected)) != len(selected):
             raise InputError(f"rows must be distinct indices in [0, {batch}), got {selected}")
-        limit = max_new_tokens or self.config.generation.max_new_tokens
+        limit = self._token_limit(max_new_tokens)
         if stop_at_newline is None:
             stop_at_newline = self.config.generation.stop_at_newline
         stop_ids = self.stop_token_ids(stop_at_newline)
@@ -684,7 +694,7 @@ class LanguageModel:
             raise InputError(f"temperature must be > 0, got {temperature!r}")
         input_ids, attention_mask, _ = self._encode(prompts)
         position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
-        limit = max_new_tokens or self.config.generation.max_new_tokens
+        limit = self._token_limit(max_new_tokens)
         stop_at_newline = self.config.generation.stop_at_newline
         stop_ids = self.stop_token_ids(stop_at_newline)
         generator = torch.Generator(device=self._device).manual_seed(seed)
@@ -829,6 +839,7 @@ class LanguageModel:
         """
         if isinstance(prompts, str):
             raise InputError("run() takes a list of prompts; wrap a single prompt in a list")
+        self._token_limit(max_new_tokens)  # a bad budget fails before any forward pass
         size = batch_size or self.config.generation.batch_size
         outputs: list[RunOutput] = []
         batches = range(0, len(prompts), size)
