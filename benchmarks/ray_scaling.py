@@ -1,4 +1,6 @@
-"""Ray scaling of the index build: passages/s locally and on Ray with 1 and 2 workers (issue 17).
+"""Ray scaling: passages/s of the index build, questions/s of the closed-book branch (issue 17).
+
+**Index build** (default).
 
 Builds the same knowledge base three ways over the first ``--n`` passages of a corpus file
 (default ``../shared/data/corpus/squad_dev.jsonl``) and records, for each:
@@ -13,8 +15,19 @@ Builds the same knowledge base three ways over the first ``--n`` passages of a c
 The local build runs first in this process and pays the model load, as each Ray actor does, so
 "Ray overhead" = Ray wall time - local wall time at one worker is start-up and data movement.
 
+**Closed-book questions** (``--questions N``): the first ``N`` questions of ``--data``
+(default ``../shared/data/qa/popqa_random.jsonl``) answered closed-book with every signal, as
+``knowgate calibrate`` runs them, into a fresh cache each time: locally in this process (all
+cores, the model loaded once), then on Ray with 1 and 2 actors (one model, one CPU and one torch
+thread each; the driver appends the rows; ``--local-threads 1`` gives the local path one
+thread too, the same share as one actor). For each: the model load, the answering wall time and
+questions/s, Ray's start and the actors' model loads apart, each actor's peak RSS (its own
+``getrusage``), the load average before and after, and whether every answer equals the local
+one.
+
 Usage:
     nice -n 5 python benchmarks/ray_scaling.py [--n 1000] [--workers 1 2] [--json out.json]
+    python benchmarks/ray_scaling.py --questions 40 [--workers 1 2] [--json out.json]
 """
 
 from __future__ import annotations
@@ -25,6 +38,7 @@ import os
 import platform
 import resource
 import sys
+import tempfile
 import threading
 import time
 from datetime import UTC, datetime
@@ -39,7 +53,9 @@ from knowgate.retrieval import Document, KnowledgeBase, KnowledgeBaseConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CORPUS = ROOT.parent / "shared" / "data" / "corpus" / "squad_dev.jsonl"
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "qa" / "popqa_random.jsonl"
 DEFAULT_JSON = ROOT / "benchmarks" / "out" / "ray_scaling.json"
+DEFAULT_QUESTIONS_JSON = ROOT / "benchmarks" / "out" / "ray_questions.json"
 
 
 class RssSampler:
@@ -84,33 +100,102 @@ def top_ids(kb: KnowledgeBase, queries: list[str]) -> list[list[str]]:
     return [[p.id for p in hits] for hits in kb.search_batch(queries, k=5, mode="dense")]
 
 
+def question_runs(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    """Closed-book questions/s locally, then on Ray with each worker count."""
+    import torch
+
+    from knowgate.evaluation.branches.closed_book import run_closed_book
+    from knowgate.evaluation.datasets import load_dataset
+    from knowgate.integrations.ray.batch import BatchStats, RayBatchConfig, RayBatchRunner
+    from knowgate.models import LanguageModel
+
+    if args.local_threads:
+        torch.set_num_threads(args.local_threads)
+    dataset = load_dataset(args.data, limit=args.questions)
+    report["meta"].update(
+        questions=len(dataset),
+        data=args.data.name,
+        model=args.model,
+        local_torch_threads=torch.get_num_threads(),
+    )
+    start = time.perf_counter()
+    lm = LanguageModel.load(args.model)
+    load_s = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as scratch:
+        load_before = os.getloadavg()[0]
+        start = time.perf_counter()
+        local = run_closed_book(lm, dataset, cache_dir=Path(scratch) / "local", progress=False)
+        local_s = time.perf_counter() - start
+        report["runs"].append(
+            {
+                "path": "local",
+                "workers": 1,
+                "model_load_s": round(load_s, 1),
+                "seconds": round(local_s, 1),
+                "questions_per_s": round(len(dataset) / local_s, 3),
+                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+                "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+            }
+        )
+        print(json.dumps(report["runs"][-1]), flush=True)
+        answers = [r.answer for r in local]
+        for workers in args.workers:
+            load_before = os.getloadavg()[0]
+            start = time.perf_counter()
+            stats = BatchStats()
+            with ray_runtime(RayRuntime(num_cpus=workers, object_store_mb=300)):
+                ray_start_s = time.perf_counter() - start
+                with RayBatchRunner(lm.config, RayBatchConfig(workers=workers), stats) as runner:
+                    records = run_closed_book(
+                        lm,
+                        dataset,
+                        cache_dir=Path(scratch) / f"ray{workers}",
+                        progress=False,
+                        executor=runner,
+                    )
+            total_s = time.perf_counter() - start
+            report["runs"].append(
+                {
+                    "path": "ray",
+                    "workers": workers,
+                    "ray_start_s": round(ray_start_s, 1),
+                    "actor_model_load_s": round(stats.startup_seconds, 1),
+                    "seconds": round(stats.seconds, 1),
+                    "questions_per_s": round(stats.questions_per_second, 3),
+                    "wall_s_with_start": round(total_s, 1),
+                    "actor_peak_rss_mib": stats.actor_peak_rss_mib,
+                    "same_answers_as_local": [r.answer for r in records] == answers,
+                    "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+                }
+            )
+            print(json.dumps(report["runs"][-1]), flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--block-size", type=int, default=128)
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
+    parser.add_argument("--questions", type=int, default=None, help="closed-book mode: N questions")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--local-threads", type=int, default=None, help="torch threads, local path")
+    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Ray starts workers at niceness 15 by default: on a shared machine that starves them, and
     # the comparison with the local path (this process's priority) would measure the scheduler.
     os.environ.setdefault("RAY_worker_niceness", "0")
+    report: dict[str, Any] = {"meta": meta(), "runs": []}
+    if args.questions is not None:
+        question_runs(args, report)
+        return write(report, args.json or DEFAULT_QUESTIONS_JSON)
     docs = read_docs(args.corpus, args.n)
     queries = [d.title or d.text[:60] for d in docs[:: max(1, len(docs) // 20)]][:20]
     config = KnowledgeBaseConfig()
-    report: dict[str, Any] = {
-        "meta": {
-            "passages": len(docs),
-            "corpus": str(args.corpus.name),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "load_average_start": os.getloadavg()[0],
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        },
-        "runs": [],
-    }
+    report["meta"].update(passages=len(docs), corpus=str(args.corpus.name))
 
     start = time.perf_counter()
     local = KnowledgeBase.build(docs, config, progress=False)
@@ -152,9 +237,23 @@ def main() -> int:
             }
         )
         print(json.dumps(report["runs"][-1]), flush=True)
+    return write(report, args.json or DEFAULT_JSON)
+
+
+def meta() -> dict[str, Any]:
+    """The machine, the date, the command and the load when the run starts."""
+    return {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "load_average_start": os.getloadavg()[0],
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    }
+
+
+def write(report: dict[str, Any], path: Path) -> int:
     report["meta"]["load_average_end"] = os.getloadavg()[0]
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 

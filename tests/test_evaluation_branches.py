@@ -13,11 +13,12 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pytest
 
 from branch_helpers import N_LAYERS, FakeLM
 from knowgate.errors import DataError
-from knowgate.evaluation.branches.cache import BranchRunner, read_cache
+from knowgate.evaluation.branches.cache import BranchRunner, arrays_dir, read_cache
 from knowgate.evaluation.branches.closed_book import (
     ClosedBookBranch,
     cache_key_material,
@@ -274,3 +275,100 @@ def test_knowledge_base_fingerprint_of_a_flat_base_ignores_the_unset_ivf_pq_fiel
     fingerprint = knowledge_base_fingerprint(tmp_path)
     assert fingerprint["sha256"] == expected
     assert fingerprint["documents"] == 3
+
+
+# ------------------------------------------------------------ batches answered elsewhere
+
+
+class ReplicaExecutor:
+    """A batch executor without Ray: the branch rebuilt around a fresh fake model.
+
+    The batches are answered last first; the rows are yielded in batch order, as promised.
+    """
+
+    def __init__(self) -> None:
+        self.models: list[KeyLM] = []
+        self.batches: list[list[str]] = []
+
+    def answer_batches(self, branch, dataset, chunks):
+        lm = KeyLM()
+        self.models.append(lm)
+        replica = branch.replica()(lm)
+        self.batches += [[ex.id for ex in chunk] for chunk in chunks]
+        answered = {i: replica.answer_batch(chunks[i]) for i in reversed(range(len(chunks)))}
+        for i in range(len(chunks)):
+            yield answered[i]
+
+
+@pytest.fixture
+def five(tmp_path) -> QADataset:
+    path = tmp_path / "five.jsonl"
+    rows = [
+        {"id": f"q{i}", "question": f"What is number {i}?", "golden_answers": [f"answer {i}"]}
+        for i in range(1, 6)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return load_dataset(path)
+
+
+def _lines_without_creation_time(path) -> list[str]:
+    header, *records = path.read_text().splitlines()
+    return [json.dumps({k: v for k, v in json.loads(header).items() if k != "created"}), *records]
+
+
+def test_a_cache_filled_by_an_executor_is_the_local_cache(tmp_path, five) -> None:
+    local_lm, driver_lm = KeyLM(), KeyLM()
+    local = ClosedBookBranch(local_lm).run(five, cache_dir=tmp_path / "a", batch_size=2)
+    executor = ReplicaExecutor()
+    remote = ClosedBookBranch(driver_lm).run(
+        five, cache_dir=tmp_path / "b", batch_size=2, progress=False, executor=executor
+    )
+    # The local batches (2, 2, 1), all answered by the replica, none by the driver's model.
+    assert executor.batches == [["q1", "q2"], ["q3", "q4"], ["q5"]]
+    assert len(executor.models[0].prompts_run) == 5 and driver_lm.prompts_run == []
+    assert [r.correct for r in remote] == [False, True, False, True, False]  # even: "answer n"
+    assert remote == local
+    a = closed_book_cache_path(local_lm, five, tmp_path / "a")
+    b = closed_book_cache_path(driver_lm, five, tmp_path / "b")
+    assert a.name == b.name
+    assert _lines_without_creation_time(a) == _lines_without_creation_time(b)
+    arrays_a = sorted(p.name for p in arrays_dir(a).iterdir())
+    assert arrays_a == sorted(p.name for p in arrays_dir(b).iterdir()) and len(arrays_a) == 3
+    for name in arrays_a:
+        with np.load(arrays_dir(a) / name) as x, np.load(arrays_dir(b) / name) as y:
+            assert sorted(x.files) == sorted(y.files)
+            for key in x.files:
+                np.testing.assert_array_equal(x[key], y[key])
+
+
+def test_an_interrupted_cache_resumes_through_an_executor(tmp_path, five) -> None:
+    lm = KeyLM()
+    complete = ClosedBookBranch(lm).run(five, cache_dir=tmp_path / "a", batch_size=2)
+    path = closed_book_cache_path(lm, five, tmp_path / "a")
+    header, *records = path.read_text().splitlines(keepends=True)
+    # Interrupted while writing the fourth row: three whole rows, then a torn line.
+    path.write_text(header + "".join(records[:3]) + records[3][:25])
+    executor = ReplicaExecutor()
+    resumed = ClosedBookBranch(lm).run(
+        five, cache_dir=tmp_path / "a", batch_size=2, progress=False, executor=executor
+    )
+    assert executor.batches == [["q4", "q5"]]  # only the missing rows, in the local batches
+    assert len(lm.prompts_run) == 5  # the driver's model ran only the first, local run
+
+    def outcome(records):  # a resumed batch holds other questions: batch_size may differ
+        return [(r.id, r.answer, r.correct, r.features) for r in records]
+
+    assert outcome(resumed) == outcome(complete)
+    lines = path.read_text().splitlines(keepends=True)
+    assert lines[:4] == [header, *records[:3]] and len(lines) == 6
+
+
+def test_a_served_branch_has_no_replica() -> None:
+    from types import SimpleNamespace
+
+    from knowgate.errors import ConfigError
+    from knowgate.evaluation.branches.closed_book import ServedClosedBookBranch
+
+    served = ServedClosedBookBranch(SimpleNamespace(model_id="served-model"))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="served-model is a served model"):
+        served.replica()

@@ -43,3 +43,18 @@ def test_serve_with_ray_but_no_ray(no_ray: None) -> None:
     result = CliRunner().invoke(app, ["serve", "--ray", "--model", "smollm2-135m"])
     assert result.exit_code == 2
     assert HINT in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("command", ["calibrate", "bench"])
+def test_calibrate_and_bench_with_ray_but_no_ray(
+    no_ray: None, tmp_path: Path, command: str
+) -> None:
+    data = tmp_path / "qa.jsonl"
+    data.write_text('{"id": "a", "question": "q?", "golden_answers": ["a"]}\n')
+    args = [command, "--data", str(data), "--out", str(tmp_path / "out"), "--ray"]
+    if command == "bench":
+        args += ["--kb", str(tmp_path / "kb")]  # not read: Ray is checked first
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert HINT in " ".join(result.output.split())
+    assert not (tmp_path / "out").exists()

@@ -12,10 +12,14 @@ import typer
 from knowgate.cli.app import app
 from knowgate.cli.common import (
     MODEL_HELP,
+    RAY_ADDRESS_OPTION,
+    RAY_OPTION,
+    WORKERS_OPTION,
     check_calibration,
     console,
     dataset_names,
     load_language_model,
+    ray_batches,
     user_errors,
 )
 from knowgate.models.config import DEFAULT_MODEL
@@ -148,6 +152,9 @@ def bench(
         help="Also cross-fit the main policies on labels permuted within each dataset.",
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    use_ray: bool = RAY_OPTION,
+    workers: int = WORKERS_OPTION,
+    ray_address: str | None = RAY_ADDRESS_OPTION,
 ) -> None:
     """Answer every question closed-book and with retrieval (both cached), then score policies."""
     from datetime import UTC, datetime
@@ -167,6 +174,10 @@ def bench(
 
     with user_errors():
         check_calibration(calibration)
+        if use_ray:
+            from knowgate.integrations.ray import require_ray
+
+            require_ray()
         samples = _parse_samples(sample, nested=True)
         peer_samples = {
             name: sizes[0] for name, sizes in _parse_samples(peer_sample, "--peer-sample").items()
@@ -196,22 +207,24 @@ def bench(
         started = time.perf_counter()
         knowledge_base = KnowledgeBase.load(kb)
         lm = load_language_model(model_config or model)
-        table, phase_seconds, timings = run_branches(
-            lm,
-            datasets,
-            knowledge_base,
-            knowledge_base_dir=kb,
-            k=k,
-            closed_book_cache=closed_book_cache,
-            retrieval_cache=retrieval_cache,
-            batch_size=batch_size,
-            timing_sample=timing_sample,
-            peers=peers,
-            peer_sample=peer_samples,
-            peer_seed=sample_seed,
-            peer_cache=peer_cache,
-            progress=progress,
-        )
+        with ray_batches(use_ray, lm, workers=workers, address=ray_address) as executor:
+            table, phase_seconds, timings = run_branches(
+                lm,
+                datasets,
+                knowledge_base,
+                knowledge_base_dir=kb,
+                k=k,
+                closed_book_cache=closed_book_cache,
+                retrieval_cache=retrieval_cache,
+                batch_size=batch_size,
+                timing_sample=timing_sample,
+                peers=peers,
+                peer_sample=peer_samples,
+                peer_seed=sample_seed,
+                peer_cache=peer_cache,
+                progress=progress,
+                executor=executor,
+            )
         written = write_both_branches(table.to_records(), out)
         branches_seconds = time.perf_counter() - started
         result = evaluate_benchmark(
@@ -245,6 +258,7 @@ def bench(
         command += ["--timing-sample", str(timing_sample)] if timing_sample != 40 else []
         command += [] if leave_one_out else ["--no-leave-one-dataset-out"]
         command += [] if null else ["--no-null-check"]
+        command += ["--ray", "--workers", str(workers)] if use_ray else []
         result.summary.run = RunRecord(
             command=shlex.join(command),
             date=datetime.now(UTC).isoformat(timespec="seconds"),

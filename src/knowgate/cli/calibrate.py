@@ -10,10 +10,14 @@ import typer
 from knowgate.cli.app import app
 from knowgate.cli.common import (
     MODEL_HELP,
+    RAY_ADDRESS_OPTION,
+    RAY_OPTION,
+    WORKERS_OPTION,
     check_calibration,
     console,
     dataset_names,
     load_language_model,
+    ray_batches,
     user_errors,
 )
 from knowgate.models.config import DEFAULT_MODEL
@@ -78,6 +82,9 @@ def calibrate(
     ),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Prompts per pass."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    use_ray: bool = RAY_OPTION,
+    workers: int = WORKERS_OPTION,
+    ray_address: str | None = RAY_ADDRESS_OPTION,
 ) -> None:
     """Run the data closed-book (cached), cross-validate the signals, fit and save a policy."""
     import numpy as np
@@ -111,17 +118,27 @@ def calibrate(
         op = parse_operating_point(operating_point)
         if policy_kind not in ("fused", "probe", "probe-fused"):
             raise ConfigError(f"--policy must be fused, probe or probe-fused, not {policy_kind!r}")
+        if use_ray:
+            from knowgate.integrations.ray import require_ray
+
+            require_ray()
         names = dataset_names(data)
         datasets = [load_dataset(n, limit=limit, data_dir=data_dir) for n in names]
         started = time.perf_counter()
         lm = load_language_model(model)
         records = []
-        for ds in datasets:
-            records.extend(
-                run_closed_book(
-                    lm, ds, cache_dir=cache_dir, batch_size=batch_size, progress=progress
+        with ray_batches(use_ray, lm, workers=workers, address=ray_address) as executor:
+            for ds in datasets:
+                records.extend(
+                    run_closed_book(
+                        lm,
+                        ds,
+                        cache_dir=cache_dir,
+                        batch_size=batch_size,
+                        progress=progress,
+                        executor=executor,
+                    )
                 )
-            )
         if policy_kind != "fused" and isinstance(lm, RemoteModel):
             raise ConfigError(
                 f"--policy {policy_kind} reads hidden states a served model does not return; "

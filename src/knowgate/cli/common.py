@@ -15,6 +15,7 @@ from rich.markup import escape
 from knowgate.errors import KnowgateError
 
 if TYPE_CHECKING:
+    from knowgate.evaluation.branches.cache import BatchExecutor
     from knowgate.models import LanguageModel, ModelConfig, RemoteModel
 
 console = Console(stderr=True)
@@ -92,3 +93,47 @@ def check_calibration(method: str) -> None:
 def dataset_names(data: list[str]) -> list[str]:
     """``--data`` values: repeated and/or comma-separated names or paths, in order."""
     return [p.strip() for item in data for p in item.split(",") if p.strip()]
+
+
+RAY_OPTION = typer.Option(
+    False,
+    "--ray",
+    help="Answer the uncached questions in parallel Ray actors, one model each "
+    "(pip install 'knowgate[ray]'); same caches as local.",
+)
+WORKERS_OPTION = typer.Option(2, "--workers", min=1, help="With --ray: actors (one model each).")
+RAY_ADDRESS_OPTION = typer.Option(
+    None, "--ray-address", help="With --ray: a running cluster (default: a local instance)."
+)
+
+
+@contextmanager
+def ray_batches(
+    use_ray: bool, model: LanguageModel | RemoteModel, *, workers: int, address: str | None
+) -> Iterator[BatchExecutor | None]:
+    """Ray actors answering the branches' batches for the ``with`` block (``None``: no ``--ray``).
+
+    Ray starts (or joins ``address``) on the first uncached batch, not before.
+
+    Raises:
+        MissingPackageError: Ray is not installed.
+        ConfigError: ``model`` is served (its server runs the passes; nothing to spread).
+    """
+    if not use_ray:
+        yield None
+        return
+    from knowgate.integrations.ray import RayRuntime
+    from knowgate.integrations.ray.batch import BatchStats, RayBatchConfig, RayBatchRunner
+
+    stats = BatchStats()
+    settings, runtime = RayBatchConfig(workers=workers), RayRuntime(address=address)
+    with RayBatchRunner(model.config, settings, stats, runtime=runtime) as runner:
+        yield runner
+    if stats.questions:
+        console.print(
+            f"Ray: {stats.workers} actors loaded the model in {stats.startup_seconds:.0f} s, then "
+            f"answered {stats.questions} questions in {stats.seconds:.0f} s "
+            f"({stats.questions_per_second:.2f}/s); peak memory per actor "
+            f"{', '.join(f'{m} MiB' for m in stats.actor_peak_rss_mib) or '-'}",
+            highlight=False,
+        )

@@ -67,6 +67,7 @@ from knowgate.evaluation.bench.summary import (
     Targets,
 )
 from knowgate.evaluation.bench.table import BenchTable, build_bench_table
+from knowgate.evaluation.branches.cache import BatchExecutor
 from knowgate.evaluation.branches.closed_book import (
     ClosedBookArrays,
     closed_book_arrays,
@@ -145,6 +146,7 @@ def run_branches(
     peer_seed: int = 0,
     peer_cache: Path | None = None,
     progress: bool = True,
+    executor: BatchExecutor | None = None,
 ) -> tuple[BenchTable, dict[str, float], dict[str, ClosedBookTiming]]:
     """Both branches of every question (cached and resumable), and the peers' extra calls.
 
@@ -167,6 +169,9 @@ def run_branches(
         peer_seed: seed of ``peer_sample``.
         peer_cache: peers-branch cache root.
         progress: progress bars.
+        executor: answer the uncached batches of every branch there (Ray actors, one model
+            each) instead of with ``lm``; the caches written are the same. The closed-book
+            re-timing still runs here, on ``lm``: it measures this machine's serving cost.
 
     The closed-book cache's stored arrays (hidden states, per-layer sparsity) are loaded when
     every dataset's cache has them; otherwise the probes and the layer study are skipped.
@@ -186,7 +191,12 @@ def run_branches(
     for ds in datasets:
         start = time.perf_counter()
         records = run_closed_book(
-            lm, ds, cache_dir=closed_book_cache, batch_size=batch_size, progress=progress
+            lm,
+            ds,
+            cache_dir=closed_book_cache,
+            batch_size=batch_size,
+            progress=progress,
+            executor=executor,
         )
         cb_records.extend(records)
         if arrays is not None and not isinstance(lm, RemoteModel):
@@ -198,7 +208,13 @@ def run_branches(
         seconds[f"closed_book/{ds.name}"] = round(time.perf_counter() - start, 1)
         start = time.perf_counter()
         rag_records.extend(
-            retrieval.run(ds, cache_dir=retrieval_cache, batch_size=batch_size, progress=progress)
+            retrieval.run(
+                ds,
+                cache_dir=retrieval_cache,
+                batch_size=batch_size,
+                progress=progress,
+                executor=executor,
+            )
         )
         seconds[f"retrieval/{ds.name}"] = round(time.perf_counter() - start, 1)
         if peers and not isinstance(lm, RemoteModel):  # a served model: no peers branch
@@ -207,7 +223,12 @@ def run_branches(
             subset = sample_dataset(ds, size, seed=peer_seed) if size else ds
             peer_records.extend(
                 run_peer_signals(
-                    lm, subset, cache_dir=peer_cache, batch_size=batch_size, progress=progress
+                    lm,
+                    subset,
+                    cache_dir=peer_cache,
+                    batch_size=batch_size,
+                    progress=progress,
+                    executor=executor,
                 )
             )
             seconds[f"peers/{ds.name}"] = round(time.perf_counter() - start, 1)

@@ -20,7 +20,9 @@ The cache itself:
   interruption loses at most the batch in flight. A run skips ids already on disk; a torn last
   line is dropped (and cut off before appending).
 - **One writer.** An advisory lock on ``<cache>.lock`` refuses a second process running the same
-  job, instead of letting both append the same questions.
+  job, instead of letting both append the same questions. Batches answered elsewhere (a
+  :class:`BatchExecutor`: Ray actors, each with its own model) come back to this process, which
+  appends them in batch order exactly as it appends its own.
 - **Arrays beside the lines.** Rows may carry numeric arrays (hidden-state vectors for probes,
   per-layer signal tables) under :data:`ARRAYS_KEY`; each batch's arrays go to one ``.npz`` file
   in ``<cache>.arrays/``, written atomically *before* the batch's lines, and each line records
@@ -36,15 +38,16 @@ import os
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from knowgate.errors import DataError
+from knowgate.errors import ConfigError, DataError
 from knowgate.evaluation.datasets import QADataset, QAExample
 from knowgate.jsonio import atomic_write_text
 
@@ -61,6 +64,8 @@ ARRAYS_KEY = "_arrays"
 
 AnswerBatch = Callable[[Sequence[QAExample]], list[dict[str, Any]]]
 """Answers a batch of questions: one JSON-able row per question (``kind`` and ``id`` are added)."""
+AnswerBatches = Callable[[Sequence[Sequence[QAExample]]], Iterable[list[dict[str, Any]]]]
+"""Answers many batches, yielding each batch's rows in batch order as they are ready."""
 
 
 def default_runs_dir() -> Path:
@@ -172,6 +177,7 @@ def fill_cache(
     batch_size: int,
     what: str,
     progress: bool = True,
+    answer_batches: AnswerBatches | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Answer the questions of ``dataset`` not yet in the cache at ``path``, batch by batch.
 
@@ -183,6 +189,9 @@ def fill_cache(
         batch_size: questions per call of ``answer``.
         what: the kind of cache, for the progress bar and error messages.
         progress: show a tqdm bar over the questions still to run.
+        answer_batches: answers the batches elsewhere instead of ``answer`` (e.g. in Ray
+            actors), yielding them in order; this process still writes every line, so the
+            batches, rows and array files are those of the local path.
 
     Returns:
         Every raw record in the file by id (a superset of ``dataset``'s ids).
@@ -206,11 +215,11 @@ def fill_cache(
         if not todo:
             return rows
         log.info("%s: %d cached, %d to run -> %s", dataset.name, len(rows), len(todo), path)
+        chunks = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
+        results = answer_batches(chunks) if answer_batches is not None else map(answer, chunks)
         bar = tqdm(total=len(todo), desc=f"{what} {dataset.name}", unit="q", disable=not progress)
         with path.open("a", encoding="utf-8") as fh, bar:
-            for start in range(0, len(todo), batch_size):
-                chunk = todo[start : start + batch_size]
-                answered = answer(chunk)
+            for chunk, answered in zip(chunks, results, strict=True):
                 if len(answered) != len(chunk):
                     raise DataError(f"{len(answered)} answers for a batch of {len(chunk)}")
                 _store_arrays(path, chunk, answered)
@@ -334,6 +343,28 @@ class BranchModel(Protocol):
     config: ModelConfig
 
 
+BranchFactory = Callable[[Any], "BranchRunner[Any]"]
+"""Builds a branch around a model loaded elsewhere; picklable (a partial of a module function)."""
+
+
+class BatchExecutor(Protocol):
+    """Answers a branch's batches outside this process (Ray actors, each with its own model).
+
+    :meth:`BranchRunner.run` hands it the batches still to run; the caller appends what it
+    yields to the cache, so a cache filled through an executor is read by the local path and
+    the other way round.
+    """
+
+    def answer_batches(
+        self,
+        branch: BranchRunner[Any],
+        dataset: QADataset,
+        chunks: Sequence[Sequence[QAExample]],
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Each chunk's rows, as :meth:`BranchRunner.answer_batch` returns them, in order."""
+        ...
+
+
 class BranchRunner(ABC, Generic[RecordT]):
     """One branch of the benchmark: a cached, resumable model run over a dataset's questions.
 
@@ -379,6 +410,17 @@ class BranchRunner(ABC, Generic[RecordT]):
             DataError: the row lacks a field or has the wrong type.
         """
 
+    def replica(self) -> BranchFactory:
+        """How to build this branch around another copy of its model (for a :class:`BatchExecutor`).
+
+        Everything but the model goes into the factory (settings, a knowledge base's
+        directory); the executor loads the model where the factory runs.
+
+        Raises:
+            ConfigError: the branch cannot run elsewhere (a served model has no local pass).
+        """
+        raise ConfigError(f"the {self.what} branch of {self.lm.model_id} cannot run elsewhere")
+
     def cache_path(self, dataset: QADataset, cache_dir: Path | None = None) -> Path:
         """Where this branch's rows of ``dataset`` live (``cache_dir``: the branch's root)."""
         return self._path(cache_key(self.key_material(dataset)), dataset, cache_dir)
@@ -394,6 +436,7 @@ class BranchRunner(ABC, Generic[RecordT]):
         cache_dir: Path | None = None,
         batch_size: int | None = None,
         progress: bool = True,
+        executor: BatchExecutor | None = None,
     ) -> list[RecordT]:
         """Answer the questions of ``dataset`` not yet cached; every record, in dataset order.
 
@@ -402,6 +445,8 @@ class BranchRunner(ABC, Generic[RecordT]):
             cache_dir: the branch's cache root (default ``<runs dir>/<folder>``).
             batch_size: questions per :meth:`answer_batch` (default from the model config).
             progress: show a tqdm bar over the questions still to run.
+            executor: answer the batches there (e.g. Ray actors) instead of with this
+                process's model; the batches and the file written are the same.
         """
         material = self.key_material(dataset)
         rows = fill_cache(
@@ -412,6 +457,9 @@ class BranchRunner(ABC, Generic[RecordT]):
             batch_size=batch_size or self.lm.config.generation.batch_size,
             what=self.what,
             progress=progress,
+            answer_batches=None
+            if executor is None
+            else partial(executor.answer_batches, self, dataset),
         )
         return [self.parse_record(rows[ex.id], ex, dataset.name) for ex in dataset]
 

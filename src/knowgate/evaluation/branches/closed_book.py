@@ -28,15 +28,18 @@ import hashlib
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from knowgate.errors import DataError
+from knowgate.errors import ConfigError, DataError
 from knowgate.evaluation.branches.cache import (
     ARRAYS_KEY,
     CACHE_FORMAT,
+    BatchExecutor,
+    BranchFactory,
     BranchRunner,
     load_arrays,
     load_cached_rows,
@@ -227,6 +230,10 @@ class ClosedBookBranch(BranchRunner[ClosedBookRecord]):
         """See :func:`cache_key_material`."""
         return cache_key_material(self.lm, dataset, max_new_tokens=self.max_new_tokens)
 
+    def replica(self) -> BranchFactory:
+        """The same branch around another copy of the model (same draft length)."""
+        return partial(ClosedBookBranch, max_new_tokens=self.max_new_tokens)
+
     def answer_batch(self, chunk: Sequence[QAExample]) -> list[dict[str, Any]]:
         """One prefill with capture hooks (question positions too), then greedy drafts."""
         lm = self.lm
@@ -367,6 +374,15 @@ def load_closed_book_arrays(path: Path, dataset: QADataset) -> ClosedBookArrays:
     return out
 
 
+def served_elsewhere_message(model: str) -> str:
+    """Why a served model's branches do not run in parallel workers (``--ray``)."""
+    return (
+        f"{model} is a served model: its server runs the forward passes, so there is "
+        "nothing local to spread over workers (drop --ray; remote.concurrency sets how many "
+        "calls run at once)"
+    )
+
+
 class ServedClosedBookBranch(BranchRunner[ClosedBookRecord]):
     """Closed-book drafts of a served model: one greedy call with logprobs per question.
 
@@ -388,6 +404,14 @@ class ServedClosedBookBranch(BranchRunner[ClosedBookRecord]):
     def key_material(self, dataset: QADataset) -> dict[str, Any]:
         """See :func:`served_key_material`."""
         return served_key_material(self.lm, dataset, max_new_tokens=self.max_new_tokens)
+
+    def replica(self) -> BranchFactory:
+        """Refused: the server answers, so there is no local forward pass to spread.
+
+        Raises:
+            ConfigError: always.
+        """
+        raise ConfigError(served_elsewhere_message(self.lm.model_id))
 
     def answer_batch(self, chunk: Sequence[QAExample]) -> list[dict[str, Any]]:
         """One greedy draft with logprobs per question (concurrently)."""
@@ -449,6 +473,7 @@ def run_closed_book(
     batch_size: int | None = None,
     max_new_tokens: int | None = None,
     progress: bool = True,
+    executor: BatchExecutor | None = None,
 ) -> list[ClosedBookRecord]:
     """Answer every question of ``dataset`` closed-book, reusing and extending the disk cache.
 
@@ -461,12 +486,16 @@ def run_closed_book(
         batch_size: prompts per forward pass (default from the model config).
         max_new_tokens: draft length limit (default from the model config; part of the key).
         progress: show a tqdm bar over the questions still to run.
+        executor: answer the uncached batches there (Ray actors, see
+            :mod:`knowgate.integrations.ray.batch`); the cache written is the same.
 
     Returns:
         One record per question, in dataset order.
     """
     branch = closed_book_branch(lm, max_new_tokens=max_new_tokens)
-    return branch.run(dataset, cache_dir=cache_dir, batch_size=batch_size, progress=progress)
+    return branch.run(
+        dataset, cache_dir=cache_dir, batch_size=batch_size, progress=progress, executor=executor
+    )
 
 
 def closed_book_arrays(

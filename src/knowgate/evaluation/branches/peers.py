@@ -20,11 +20,12 @@ import hashlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from knowgate.errors import DataError
-from knowgate.evaluation.branches.cache import BranchRunner
+from knowgate.evaluation.branches.cache import BatchExecutor, BranchFactory, BranchRunner
 from knowgate.evaluation.branches.closed_book import (
     PROBE_QUESTION,
     SIGNAL_ONLY_KEYS,
@@ -135,6 +136,12 @@ class PeerBranch(BranchRunner[PeerRecord]):
             self.lm, dataset, samples=self.samples, temperature=self.temperature, seed=self.seed
         )
 
+    def replica(self) -> BranchFactory:
+        """The same branch around another copy of the model (a batch's seed is its own)."""
+        return partial(
+            PeerBranch, samples=self.samples, temperature=self.temperature, seed=self.seed
+        )
+
     def answer_batch(self, chunk: Sequence[QAExample]) -> list[dict[str, Any]]:
         """Sample ``K`` answers from one shared prefill, then one self-report prefill."""
         lm = self.lm
@@ -191,6 +198,7 @@ def run_peer_signals(
     cache_dir: Path | None = None,
     batch_size: int | None = None,
     progress: bool = True,
+    executor: BatchExecutor | None = None,
 ) -> list[PeerRecord]:
     """Sample answers and ask the self-report question for every question (cached, resumable).
 
@@ -203,12 +211,15 @@ def run_peer_signals(
         cache_dir: cache root (default ``runs/peers``).
         batch_size: questions per call (default from the model config).
         progress: show a progress bar.
+        executor: answer the uncached batches there (Ray actors); the cache written is the same.
 
     Returns:
         One record per question, in dataset order.
     """
     branch = PeerBranch(lm, samples=samples, temperature=temperature, seed=seed)
-    return branch.run(dataset, cache_dir=cache_dir, batch_size=batch_size, progress=progress)
+    return branch.run(
+        dataset, cache_dir=cache_dir, batch_size=batch_size, progress=progress, executor=executor
+    )
 
 
 def load_peer_signals(path: Path, dataset: QADataset) -> list[PeerRecord]:

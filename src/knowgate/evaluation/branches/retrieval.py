@@ -20,15 +20,17 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from knowgate.errors import DataError
-from knowgate.evaluation.branches.cache import BranchRunner
+from knowgate.errors import ConfigError, DataError
+from knowgate.evaluation.branches.cache import BatchExecutor, BranchFactory, BranchRunner
 from knowgate.evaluation.branches.closed_book import (
     PROBE_QUESTION,
     SIGNAL_ONLY_KEYS,
     cache_key_material,
+    served_elsewhere_message,
 )
 from knowgate.evaluation.datasets import QADataset, QAExample
 from knowgate.evaluation.scoring import AnswerScore, score_answer
@@ -172,6 +174,7 @@ class RetrievalBranch(BranchRunner[RetrievalRecord]):
         retrieval = RetrievalConfig() if k is None else RetrievalConfig(k=k)
         self.k = retrieval.k
         self.knowledge_base = knowledge_base
+        self.knowledge_base_dir = Path(knowledge_base_dir)
         self.fingerprint = knowledge_base_fingerprint(knowledge_base_dir)
         self.mode = str(getattr(getattr(knowledge_base, "config", None), "mode", "unknown"))
         config = RouterConfig(model=lm.config, retrieval=retrieval)
@@ -181,6 +184,26 @@ class RetrievalBranch(BranchRunner[RetrievalRecord]):
         """See :func:`retrieval_key_material`."""
         return retrieval_key_material(
             self.lm, dataset, knowledge_base=self.fingerprint, k=self.k, mode=self.mode
+        )
+
+    def replica(self) -> BranchFactory:
+        """The same branch around another copy of the model, with the base loaded there.
+
+        The base is reloaded from its directory with this one's runtime settings (search mode,
+        fusion), so it must be readable where the factory runs (a shared path on a cluster).
+
+        Raises:
+            ConfigError: the model is served (no local pass to spread).
+        """
+        from knowgate.models.remote import RemoteModel
+
+        if isinstance(self.lm, RemoteModel):
+            raise ConfigError(served_elsewhere_message(self.lm.model_id))
+        return partial(
+            _retrieval_replica,
+            knowledge_base_dir=self.knowledge_base_dir,
+            knowledge_base_config=getattr(self.knowledge_base, "config", None),
+            k=self.k,
         )
 
     def answer_batch(self, chunk: Sequence[QAExample]) -> list[dict[str, Any]]:
@@ -234,6 +257,16 @@ class RetrievalBranch(BranchRunner[RetrievalRecord]):
             ) from exc
 
 
+def _retrieval_replica(
+    lm: LanguageModel, *, knowledge_base_dir: Path, knowledge_base_config: Any, k: int
+) -> RetrievalBranch:
+    """A :class:`RetrievalBranch` built where a :meth:`RetrievalBranch.replica` factory runs."""
+    from knowgate.retrieval import KnowledgeBase
+
+    knowledge_base = KnowledgeBase.load(knowledge_base_dir, knowledge_base_config)
+    return RetrievalBranch(lm, knowledge_base, knowledge_base_dir=knowledge_base_dir, k=k)
+
+
 def run_retrieval_branch(
     lm: LanguageModel | RemoteModel,
     dataset: QADataset,
@@ -244,6 +277,7 @@ def run_retrieval_branch(
     cache_dir: Path | None = None,
     batch_size: int | None = None,
     progress: bool = True,
+    executor: BatchExecutor | None = None,
 ) -> list[RetrievalRecord]:
     """Answer every question of ``dataset`` with retrieval, reusing and extending the disk cache.
 
@@ -256,12 +290,15 @@ def run_retrieval_branch(
         cache_dir: cache root (default ``runs/retrieval``).
         batch_size: questions routed together (default from the model config).
         progress: show a tqdm bar over the questions still to run.
+        executor: answer the uncached batches there (Ray actors); the cache written is the same.
 
     Returns:
         One record per question, in dataset order.
     """
     branch = RetrievalBranch(lm, knowledge_base, knowledge_base_dir=knowledge_base_dir, k=k)
-    return branch.run(dataset, cache_dir=cache_dir, batch_size=batch_size, progress=progress)
+    return branch.run(
+        dataset, cache_dir=cache_dir, batch_size=batch_size, progress=progress, executor=executor
+    )
 
 
 def load_retrieval_branch(path: Path, dataset: QADataset) -> list[RetrievalRecord]:
