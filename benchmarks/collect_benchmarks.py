@@ -35,6 +35,7 @@ SECTIONS = (
     ("remote.md", "Served models: remote gating against local gating (issue 18)"),
     ("faiss.md", "FAISS at scale (issue 17)"),
     ("ray.md", "Scaling out on Ray (issue 17)"),
+    ("embedding_backends.md", "Embedding backends: ONNX and int8 against torch (issue 17)"),
     ("sgicl.md", "Sparsity-guided demonstrations (SG-ICL) (issue 16)"),
 )
 

@@ -275,6 +275,14 @@ def test_knowledge_base_fingerprint_of_a_flat_base_ignores_the_unset_ivf_pq_fiel
     fingerprint = knowledge_base_fingerprint(tmp_path)
     assert fingerprint["sha256"] == expected
     assert fingerprint["documents"] == 3
+    # embedding_backend, added later too: torch (what every older base used) leaves it as it
+    # was; another backend makes another base, with another fingerprint.
+    manifest["embedding_backend"] = "torch"
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert knowledge_base_fingerprint(tmp_path)["sha256"] == expected
+    manifest["embedding_backend"] = "onnx"
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert knowledge_base_fingerprint(tmp_path)["sha256"] != expected
 
 
 # ------------------------------------------------------------ batches answered elsewhere

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -83,6 +84,32 @@ def test_cache_builds_once_atomically(tmp_path: Path) -> None:
         cached_checkpoint("def456", tmp_path, failing, source="test")
     leftovers = [p.name for p in (tmp_path / "dequantized").iterdir()]
     assert leftovers == ["abc123"]  # no half-written entry
+
+
+def test_verified_cache_entry_is_rebuilt_when_a_file_changes(tmp_path: Path) -> None:
+    calls = []
+
+    def build(out: Path) -> None:
+        calls.append(out)
+        (out / "sub").mkdir()
+        (out / "sub" / "model.bin").write_bytes(b"weights")
+
+    def entry() -> Path:
+        return cached_checkpoint(
+            "k1", tmp_path, build, source="test", folder="exports", verify_files=True
+        )
+
+    first = entry()
+    assert first == tmp_path / "exports" / "k1"
+    recorded = json.loads((first / "knowgate-cache.json").read_text())["files"]
+    assert recorded == {"sub/model.bin": hashlib.sha256(b"weights").hexdigest()}
+    assert entry() == first and len(calls) == 1  # intact: reused
+    (first / "sub" / "model.bin").write_bytes(b"weigh")  # truncated after the fact
+    assert entry() == first and len(calls) == 2  # rebuilt, not loaded
+    assert (first / "sub" / "model.bin").read_bytes() == b"weights"
+    (first / "sub" / "model.bin").unlink()
+    assert entry() == first and len(calls) == 3  # missing: rebuilt
+    assert (first / "sub" / "model.bin").read_bytes() == b"weights"
 
 
 def test_cache_dir_env_override(monkeypatch, tmp_path: Path) -> None:

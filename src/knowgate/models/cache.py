@@ -61,23 +61,33 @@ def cached_checkpoint(
     build: Callable[[Path], None],
     *,
     source: str,
+    folder: str = "dequantized",
+    verify_files: bool = False,
 ) -> Path:
     """Return the cache entry for ``checksum``, building it with ``build(tmpdir)`` if missing.
 
     Args:
-        checksum: SHA-256 of the GGUF source; the entry's key.
+        checksum: SHA-256 of the entry's source (GGUF file, exporter inputs); the entry's key.
         cache_dir: root of the cache.
-        build: writes a complete ``save_pretrained`` checkpoint (model and tokenizer) into the
-            directory it is given.
+        build: writes the entry's files (for GGUF: a complete ``save_pretrained`` checkpoint,
+            model and tokenizer) into the directory it is given.
         source: human-readable origin, recorded in the entry's marker file.
+        folder: the cache's subfolder for this kind of entry.
+        verify_files: record every file's SHA-256 in the marker and check them on each hit, so
+            a truncated or altered entry is rebuilt rather than loaded. Costs a read of the
+            entry per call: worth it for files that are parsed, not merely mapped.
     """
-    root = cache_dir / "dequantized"
+    root = cache_dir / folder
     target = root / checksum
     marker = target / _MARKER
     if marker.is_file():
         try:
             meta = json.loads(marker.read_text())
-            if meta.get("format") == _FORMAT and meta.get("sha256") == checksum:
+            if (
+                meta.get("format") == _FORMAT
+                and meta.get("sha256") == checksum
+                and (not verify_files or meta.get("files") == _file_checksums(target))
+            ):
                 return target
         except (OSError, json.JSONDecodeError):
             pass
@@ -101,6 +111,8 @@ def cached_checkpoint(
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "build_seconds": round(time.perf_counter() - start, 2),
         }
+        if verify_files:
+            meta["files"] = _file_checksums(tmp)
         (tmp / _MARKER).write_text(json.dumps(meta, indent=2))
         try:
             os.replace(tmp, target)
@@ -110,3 +122,12 @@ def cached_checkpoint(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _file_checksums(directory: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``directory`` but the marker, by relative POSIX path."""
+    return {
+        path.relative_to(directory).as_posix(): sha256_file(path)
+        for path in sorted(directory.rglob("*"))
+        if path.is_file() and path.name != _MARKER
+    }

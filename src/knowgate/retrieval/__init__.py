@@ -11,6 +11,7 @@ The LangChain retriever over a base lives with the other adapters:
 from knowgate.retrieval.config import (
     DEFAULT_EMBEDDING_MODEL,
     Bm25Config,
+    EmbeddingBackend,
     HnswConfig,
     IvfPqConfig,
     KnowledgeBaseConfig,
@@ -25,6 +26,7 @@ __all__ = [
     "DEFAULT_EMBEDDING_MODEL",
     "Bm25Config",
     "Document",
+    "EmbeddingBackend",
     "HnswConfig",
     "IngestReport",
     "IvfPqConfig",

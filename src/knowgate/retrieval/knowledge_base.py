@@ -2,7 +2,8 @@
 
 A base directory holds::
 
-    manifest.json      format version, embedding model, dimension, index, counts, checksums
+    manifest.json      format version, embedding model and backend, dimension, index, counts,
+                       checksums
     documents.jsonl    one document per line; line i is FAISS row i and BM25 document i
     index.faiss        the FAISS index (FAISS binary format)
     bm25/              the BM25 score matrix (.npy, no pickle) and vocabulary (JSON)
@@ -103,8 +104,9 @@ class KnowledgeBase:
             encode: embeds the index texts (in order, one unit vector a text) instead of this
                 process's embedder - e.g. on a Ray cluster
                 (:func:`knowgate.integrations.ray.embedding.ray_encoder`). It must use
-                ``config.embedding_model``: the base records that model and embeds queries
-                with it. Everything else (ingest, index, BM25, manifest) is the local path's.
+                ``config.embedding_model`` and ``config.embedding_backend``: the base records
+                them and embeds queries with them. Everything else (ingest, index, BM25,
+                manifest) is the local path's.
 
         Raises:
             KnowledgeBaseError: no non-empty documents were found, or ``encode`` returned the
@@ -221,6 +223,7 @@ class KnowledgeBase:
             created_at=self._created_at,
             updated_at=_now(),
             embedding_model_id=self.embedding_model_id,
+            embedding_backend=self.config.embedding_backend,
             dimension=self.dimension,
             normalized=True,
             index=IndexRecord(
@@ -247,7 +250,8 @@ class KnowledgeBase:
             directory: a folder written by :meth:`save`.
             config: runtime settings (mode, fusion, device, ...). ``None`` uses the settings the
                 base was built with. Its embedding model must be the base's; index-defining
-                settings (titles, BM25 and HNSW graph parameters) are taken from the base.
+                settings (titles, embedding backend, BM25 and HNSW graph parameters) are taken
+                from the base.
 
         Raises:
             KnowledgeBaseError: the manifest is missing, malformed or of an unknown version; a
@@ -403,6 +407,7 @@ class KnowledgeBase:
         return {
             "documents": len(self),
             "embedding_model_id": self.embedding_model_id,
+            "embedding_backend": self.config.embedding_backend,
             "dimension": self.dimension,
             "normalized": True,
             "index_type": self.index_type,
@@ -469,6 +474,7 @@ def embedder_for(config: KnowledgeBaseConfig) -> Embedder:
         device=config.device,
         batch_size=config.batch_size,
         allow_download=config.allow_download,
+        backend=config.embedding_backend,
     )
 
 
@@ -494,6 +500,12 @@ def _effective_config(
             f"disagrees with the recorded configuration ({saved.embedding_model!r}); the manifest "
             "was edited or is corrupt"
         )
+    if saved.embedding_backend != manifest.embedding_backend:
+        raise KnowledgeBaseError(
+            f"{directory / MANIFEST_NAME}: embedding_backend {manifest.embedding_backend!r} "
+            f"disagrees with the recorded configuration ({saved.embedding_backend!r}); the "
+            "manifest was edited or is corrupt"
+        )
     if requested is None:
         return saved
     wanted = canonical_model_id(requested.embedding_model)
@@ -510,8 +522,19 @@ def _effective_config(
     ivf_pq = requested.ivf_pq.model_copy(
         update={"nlist": saved.ivf_pq.nlist, "m": saved.ivf_pq.m, "nbits": saved.ivf_pq.nbits}
     )
+    if requested.embedding_backend != saved.embedding_backend:
+        log.warning(
+            "%s was built with embedding_backend %r but the configuration asks for %r; queries "
+            "are embedded with %r, as the base was, because the backends' vectors differ "
+            "slightly (rebuild the base to change backend)",
+            directory,
+            saved.embedding_backend,
+            requested.embedding_backend,
+            saved.embedding_backend,
+        )
     effective = requested.model_copy(
         update={
+            "embedding_backend": saved.embedding_backend,
             "index_titles": saved.index_titles,
             "bm25": saved.bm25,
             "hnsw": hnsw,

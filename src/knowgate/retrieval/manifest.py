@@ -16,6 +16,7 @@ from typing import Any, Final, Literal
 from pydantic import Field, ValidationError
 
 from knowgate.errors import KnowledgeBaseError
+from knowgate.retrieval.config import EmbeddingBackend
 from knowgate.schema import StrictModel, validation_problems
 
 MANIFEST_NAME = "manifest.json"
@@ -59,6 +60,9 @@ class Manifest(StrictModel):
         created_at: when the base was first built (UTC, ISO 8601).
         updated_at: when it was last saved.
         embedding_model_id: the embedding model the vectors came from.
+        embedding_backend: what ran that model (``torch``, ``onnx``, ``onnx-int8``); queries
+            are embedded with the same one. Added without a format-version bump: a manifest
+            without it was written by the torch backend, the only one there was.
         dimension: vector length.
         normalized: vectors are unit length (inner product is cosine similarity).
         index: FAISS index description.
@@ -73,6 +77,7 @@ class Manifest(StrictModel):
     created_at: str
     updated_at: str
     embedding_model_id: str = Field(min_length=1)
+    embedding_backend: EmbeddingBackend = "torch"
     dimension: int = Field(ge=1)
     normalized: bool
     index: IndexRecord

@@ -102,6 +102,8 @@ def knowledge_base_fingerprint(directory: Path) -> dict[str, Any]:
     manifest = read_manifest(Path(directory)).model_dump(mode="json")
     for stamp in ("created_at", "updated_at", "knowgate_version"):
         manifest.pop(stamp, None)
+    if manifest.get("embedding_backend") == "torch":  # added later; torch is what older ones had
+        manifest.pop("embedding_backend")
     index = manifest.get("index")
     if isinstance(index, dict):  # IVF-PQ fields, added later: unset, older keys stay as they were
         for added in IVF_PQ_FIELDS:
