@@ -542,7 +542,8 @@ def _null_section(null: NullCheck | None) -> list[str]:
         f"The main policies cross-fitted again with {null.permutation}. A leak-free procedure "
         "ranks no better than chance among the held-out questions of one outer fold and one "
         "dataset (one model scores them; pooled over folds the AUROC is not exactly null, so "
-        "folds are tested one by one). Intervals: normal, Hanley-McNeil variance, "
+        "folds are tested one by one). Intervals: normal, with the AUROC's variance under the "
+        "null (Mann-Whitney: Hanley-McNeil at 0.5), "
         f"{null.confidence:.0%} family-wise (Bonferroni over {folds} folds of "
         f"{len(null.policies)} policies). **Every interval contains 0.5: {fmt(null.passed)}.**",
         "",
