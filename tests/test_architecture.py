@@ -26,6 +26,7 @@ FLOORS: dict[str, int] = {
     "jsonio": 0,
     "_version": 0,
     "text": 0,
+    "checkpoint_cache": 0,
     "signals": 1,
     "policy": 1,
     "retrieval": 1,

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from knowgate.checkpoint_cache import cached_checkpoint, default_cache_dir
 from knowgate.errors import ConfigError, MissingPackageError, ModelLoadError, UnknownModelError
 from knowgate.models import PACKAGED_MODELS, ModelConfig, PackagedModel, PromptConfig, loading
-from knowgate.models.cache import cached_checkpoint, default_cache_dir
 from knowgate.models.prompts import PromptFormatter
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from knowgate.checkpoint_cache import CACHE_ENV_VAR
 from knowgate.errors import ConfigError, KnowledgeBaseError, MissingPackageError
-from knowgate.models.cache import CACHE_ENV_VAR
 from knowgate.retrieval import KnowledgeBase, KnowledgeBaseConfig
 from knowgate.retrieval.embedder import Embedder
 from test_retrieval_support import TINY_DOCS

@@ -93,8 +93,8 @@ def demo(
     mode: str | None = typer.Option(None, "--mode", help="Gate mode: pre or draft."),
 ) -> None:
     """Build a knowledge base from docs/ and route a few questions through the gate."""
+    from knowgate.checkpoint_cache import default_cache_dir
     from knowgate.cli.ask import build_config
-    from knowgate.models.cache import default_cache_dir
     from knowgate.routing import Router
 
     out = Console()

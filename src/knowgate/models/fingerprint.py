@@ -18,8 +18,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from knowgate.checkpoint_cache import sha256_file
 from knowgate.errors import ModelLoadError
-from knowgate.models.cache import sha256_file
 from knowgate.models.config import ModelConfig
 from knowgate.models.loading import adapter_model_id, adapter_sha256, resolve_source
 

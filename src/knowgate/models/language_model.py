@@ -269,7 +269,7 @@ class LanguageModel:
         return self._selector
 
     def _build_selector(self) -> DemonstrationSelector:
-        from knowgate.models.cache import default_cache_dir
+        from knowgate.checkpoint_cache import default_cache_dir
         from knowgate.models.fingerprint import model_fingerprint
         from knowgate.retrieval.embedder import Embedder
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from knowgate.checkpoint_cache import cached_checkpoint, default_cache_dir, sha256_file, sha256_of
 from knowgate.errors import MissingPackageError, ModelLoadError, UnknownModelError
-from knowgate.models.cache import cached_checkpoint, default_cache_dir, sha256_file, sha256_of
 from knowgate.models.config import ADAPTER_CONFIG_FILE, ModelConfig, adapter_base_model
 from knowgate.models.packaged import PACKAGED_MODELS, PackagedModel
 

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from knowgate.checkpoint_cache import cached_checkpoint, default_cache_dir
 from knowgate.errors import MissingPackageError, ModelLoadError
-from knowgate.models.cache import cached_checkpoint, default_cache_dir
 from knowgate.retrieval.config import EmbeddingBackend
 
 if TYPE_CHECKING:

@@ -1,4 +1,8 @@
-"""Dequantized-checkpoint cache: GGUF files are dequantized once, then reloaded as safetensors.
+"""Verified checkpoint cache: expensive conversions are done once, then reloaded.
+
+A floor-0 module because two rooms use it: ``models`` (dequantized GGUF checkpoints) and
+``retrieval`` (exported embedding models).
+
 
 transformers dequantizes GGUF weights to float32 on every load (about 20 s for SmolLM2-135M, over
 a minute for Gemma-3-270M with its 262k-token tokenizer). The cache stores the result as a normal
