@@ -1,14 +1,11 @@
-"""Verified checkpoint cache: expensive conversions are done once, then reloaded.
+"""Verified checkpoint cache: an expensive conversion is done once, then reloaded.
 
-A floor-0 module because two rooms use it: ``models`` (dequantized GGUF checkpoints) and
-``retrieval`` (exported embedding models).
-
-
-transformers dequantizes GGUF weights to float32 on every load (about 20 s for SmolLM2-135M, over
-a minute for Gemma-3-270M with its 262k-token tokenizer). The cache stores the result as a normal
-safetensors checkpoint (with the tokenizer), keyed by the GGUF file's SHA-256, so a second load
-takes a second or two. Entries are written to a temporary directory and renamed into place, so an
-interrupted dequantization never leaves a half-written entry behind.
+Two rooms use it, so it lives on floor 0: ``models`` caches dequantized GGUF checkpoints
+(transformers dequantizes GGUF weights to float32 on every load: about 20 s for SmolLM2-135M,
+over a minute for Gemma-3-270M; the cached safetensors checkpoint reloads in a second or two), and
+``retrieval`` caches exported ONNX embedding models. Each entry is keyed by the SHA-256 of what
+it was built from. Entries are written to a temporary directory and renamed into place, so an
+interrupted build never leaves a half-written entry behind.
 """
 
 from __future__ import annotations

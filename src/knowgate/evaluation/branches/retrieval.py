@@ -88,7 +88,16 @@ class RetrievalRecord:
         return self.score.in_accuracy
 
 
-IVF_PQ_FIELDS = ("ivf_nlist", "pq_m", "pq_nbits")
+ADDED_LATER: dict[tuple[str, ...], Any] = {
+    ("embedding_backend",): "torch",
+    ("index", "ivf_nlist"): None,
+    ("index", "pq_m"): None,
+    ("index", "pq_nbits"): None,
+}
+"""Manifest fields added after retrieval caches were keyed, with the value every older base had.
+
+A field at that value is left out of the fingerprint, so existing caches keep their keys; any
+other value makes another base with another fingerprint."""
 
 
 def knowledge_base_fingerprint(directory: Path) -> dict[str, Any]:
@@ -102,13 +111,12 @@ def knowledge_base_fingerprint(directory: Path) -> dict[str, Any]:
     manifest = read_manifest(Path(directory)).model_dump(mode="json")
     for stamp in ("created_at", "updated_at", "knowgate_version"):
         manifest.pop(stamp, None)
-    if manifest.get("embedding_backend") == "torch":  # added later; torch is what older ones had
-        manifest.pop("embedding_backend")
-    index = manifest.get("index")
-    if isinstance(index, dict):  # IVF-PQ fields, added later: unset, older keys stay as they were
-        for added in IVF_PQ_FIELDS:
-            if index.get(added) is None:
-                index.pop(added, None)
+    for (*parents, name), implied in ADDED_LATER.items():
+        section: Any = manifest
+        for parent in parents:
+            section = section.get(parent) if isinstance(section, dict) else None
+        if isinstance(section, dict) and name in section and section[name] == implied:
+            del section[name]
     digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
     return {
         "manifest": MANIFEST_NAME,
